@@ -1,0 +1,160 @@
+"""The HyperNeRFGAN generator: mapping z -> w, hypernetwork NeRF weights, batched volume rendering of all objects.
+
+Contract: docs/ARCHITECTURE.md (Generator). `forward` keeps no state: poses, windows and noise are arguments or come
+from the explicit torch.Generator. Random draws in forward, in order: poses (if c2w is None), windows (if patch_size
+is given and window is None), then the renderer's stratified offsets and density noise (perturb=True only).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dnnlib.util import UserError
+from torch_utils.persistence import persistent_class
+from training.networks.mapping import MappingNetwork
+from training.networks.nerf import NeRFMLP
+from training.rendering import camera
+from training.rendering.renderer import render_image
+from training.rendering.volume import density_activation
+
+Output = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+@persistent_class
+class Generator(nn.Module):
+    """z [B, z_dim] (+ camera) -> image [B, 3, h, w] in [-1, 1] (white = +1)."""
+
+    def __init__(self,
+                 z_dim: int = 128,                        # Latent size.
+                 w_dim: int = 128,                        # Size of w (one per object).
+                 mapping_layers: int = 2,                 # FC layers of the mapping network.
+                 num_layers: int = 4,                     # NeRF hidden layers (4: CARLA/planes, 8: cars/chairs).
+                 width: int = 128,                        # NeRF hidden width.
+                 rank: int = 10,                          # FMM rank.
+                 multires: int = 10,                      # Positional-encoding frequencies.
+                 img_resolution: int = 128,               # Full image resolution H = W.
+                 num_samples: int = 32,                   # Samples per ray.
+                 render_size: float = 2.0,                # Depth range: near/far = radius -/+ render_size / 2.
+                 radius: float = camera.RADIUS,           # Camera distance from the origin.
+                 fov_x_rad: float = camera.FOV_X_RAD,     # Horizontal field of view.
+                 azim_range_deg: tuple[float, float] | list[float] = (-180.0, 180.0),  # Uniform azimuth range.
+                 elev_range_deg: tuple[float, float] | list[float] = (0.0, 90.0),      # Elevation range, sin-uniform.
+                 azim_std_deg: float | None = None,       # If set: azimuth ~ N(0, std^2) instead of uniform.
+                 perturb: float = 1.0,                    # > 0: stratified jitter when called with perturb=True.
+                 raw_noise_std: float = 1.0,              # Density-noise std when called with perturb=True.
+                 pixel_center: float = camera.DEFAULT_PIXEL_CENTER,  # 0.5 = pixel centres; 0.0 = reference.
+                 w_avg_beta: float = 0.995,               # EMA decay of the tracked w_avg (truncation).
+                 ) -> None:
+        super().__init__()
+        if num_samples < 2:
+            raise UserError(f"num_samples must be at least 2 (got {num_samples}); set e.g. num_samples=32.")
+        if render_size <= 0 or render_size / 2 >= radius:
+            raise UserError(f"render_size={render_size} must be positive and smaller than 2 * radius ({radius}).")
+        self.z_dim, self.w_dim, self.num_layers, self.width = z_dim, w_dim, num_layers, width
+        self.img_resolution, self.num_samples = img_resolution, num_samples
+        self.radius, self.fov_x_rad, self.pixel_center = float(radius), float(fov_x_rad), float(pixel_center)
+        self.near, self.far = self.radius - render_size / 2, self.radius + render_size / 2
+        self.perturb, self.raw_noise_std = float(perturb), float(raw_noise_std)
+        self.pose_prior = dict(azim_range_deg=tuple(azim_range_deg), elev_range_deg=tuple(elev_range_deg),
+                               azim_std_deg=azim_std_deg)
+        self.mapping_network = MappingNetwork(z_dim, w_dim, mapping_layers, lr_multiplier=0.01, w_avg_beta=w_avg_beta)
+        self.nerf = NeRFMLP(num_layers, width, w_dim, rank, multires)
+
+    def _device(self, generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:
+        if device is not None:
+            return torch.device(device)
+        if generator is not None:
+            return generator.device
+        return self.nerf.layers[0].weight.device
+
+    def mapping(self, z: torch.Tensor, psi: float = 1.0, update_w_avg: bool = False) -> torch.Tensor:
+        """z [B, z_dim] -> w [B, w_dim]."""
+        return self.mapping_network(z, psi=psi, update_w_avg=update_w_avg)
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+        """z ~ N(0, I): [n, z_dim] float32."""
+        return torch.randn([n, self.z_dim], generator=generator, device=self._device(generator, device))
+
+    def sample_poses(self, n: int, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+        """Camera-to-world matrices [n, 4, 4] from the pose prior."""
+        return camera.sample_poses(n, generator=generator, device=self._device(generator, device),
+                                   radius=self.radius, **self.pose_prior)
+
+    def sample_windows(self, n: int, patch_size: int, generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+        """Random P x P window starts [n, 2] int64 (row0, col0), every valid offset possible."""
+        self._check_patch(patch_size)
+        return camera.sample_windows(n, self.img_resolution, patch_size, generator=generator,
+                                     device=self._device(generator, device))
+
+    def _check_patch(self, patch_size: int | None) -> None:
+        if patch_size is not None and not 1 <= patch_size <= self.img_resolution:
+            raise UserError(f"patch_size={patch_size} must lie in 1..img_resolution ({self.img_resolution}).")
+
+    def _field(self, w: torch.Tensor):
+        """Build the per-object NeRF weights once; return field(pts [B, N, 3]) -> (rgb [B, N, 3], raw_sigma [B, N])."""
+        weights = self.nerf.build_weights(w)
+
+        def field(pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            raw = self.nerf.evaluate(weights, pts)                              # [B, N, 4]
+            raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
+            return torch.sigmoid(raw[..., :3]), raw[..., 3]
+        return field
+
+    def synthesis(self, w: torch.Tensor, c2w: torch.Tensor, window: torch.Tensor | None = None,
+                  patch_size: int | None = None, perturb: bool = False, generator: torch.Generator | None = None,
+                  ray_chunk: int | None = None, return_aux: bool = False) -> Output:
+        """Render w [B, w_dim] from c2w [B, 4, 4]: full images, or P x P windows [B, 2] (row0, col0).
+
+        Returns img [B, 3, h, w] in [-1, 1] (fp32), and with return_aux also dict(depth, opacity [B, 1, h, w]).
+        """
+        if (window is None) != (patch_size is None):
+            raise UserError("Pass window and patch_size together (or neither for full images); "
+                            "G.sample_windows(n, patch_size) draws windows.")
+        self._check_patch(patch_size)
+        if generator is not None and generator.device.type != w.device.type:
+            raise UserError(f"The torch.Generator is on {generator.device} but G runs on {w.device}; "
+                            f"create it with torch.Generator(device=...) on the same device.")
+        c2w = c2w.to(device=w.device, dtype=w.dtype)
+        img, aux = render_image(self._field(w), c2w, self.img_resolution, window=window, patch_size=patch_size,
+                                near=self.near, far=self.far, num_samples=self.num_samples,
+                                perturb=perturb and self.perturb > 0,
+                                raw_noise_std=self.raw_noise_std if perturb else 0.0, generator=generator,
+                                ray_chunk=ray_chunk, pixel_center=self.pixel_center, fov_x_rad=self.fov_x_rad)
+        return (img, aux) if return_aux else img
+
+    def forward(self, z: torch.Tensor, c2w: torch.Tensor | None = None, window: torch.Tensor | None = None,
+                patch_size: int | None = None, perturb: bool = False, psi: float = 1.0,
+                generator: torch.Generator | None = None, update_w_avg: bool = False,
+                ray_chunk: int | None = None, return_aux: bool = False) -> Output:
+        """z [B, z_dim] -> img [B, 3, h, w]; poses from the prior when c2w is None, windows drawn when only P given."""
+        w = self.mapping(z, psi=psi, update_w_avg=update_w_avg)
+        if c2w is None:
+            c2w = self.sample_poses(z.shape[0], generator=generator, device=z.device)
+        if patch_size is not None and window is None:
+            window = self.sample_windows(z.shape[0], patch_size, generator=generator, device=z.device)
+        return self.synthesis(w, c2w, window=window, patch_size=patch_size, perturb=perturb, generator=generator,
+                              ray_chunk=ray_chunk, return_aux=return_aux)
+
+    def query_field(self, w: torch.Tensor, pts: torch.Tensor,
+                    point_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise-free field values for meshes: w [B, w_dim], pts [B, N, 3] -> (rgb [B, N, 3] in [0, 1], sigma [B, N]).
+
+        point_chunk: points per object per network call (None = all at once); weights are built once.
+        Differentiable; wrap in torch.no_grad() for export.
+        """
+        field = self._field(w)
+        pts = pts.to(device=w.device, dtype=w.dtype)
+        step = pts.shape[1] if point_chunk is None else max(1, point_chunk)
+        rgbs, sigmas = [], []
+        for start in range(0, pts.shape[1], step):
+            rgb, raw_sigma = field(pts[:, start:start + step])
+            rgbs.append(rgb)
+            sigmas.append(density_activation(raw_sigma))
+        return torch.cat(rgbs, dim=1), torch.cat(sigmas, dim=1)
+
+    def extra_repr(self) -> str:
+        return (f"img_resolution={self.img_resolution}, num_samples={self.num_samples}, near={self.near:g}, "
+                f"far={self.far:g}, pixel_center={self.pixel_center:g}")

@@ -1,0 +1,79 @@
+"""Hypernetwork heads: per NeRF layer, an affine map w -> low-rank FMM factors -> that layer's per-object weights.
+
+FMM (REFERENCE.md §1.4): s = A(w) in R^{(c_in + c_out) r}; U = s[:c_out r] as [c_out, r] (row-major), V = the rest as
+[r, c_in]; W_b = W0 * (1 + U V / sqrt(r)); each output row divided by (||row||_2 + 1e-8). Built for all objects at once
+(batched over B) and always in fp32 (float64 stays float64), also under autocast.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from torch_utils.layers import FullyConnectedLayer
+from torch_utils.persistence import persistent_class
+from training.networks.mapping import compute_dtype
+
+
+def fmm_weights(base: torch.Tensor, styles: torch.Tensor, rank: int, demodulate: bool = True,
+                eps: float = 1e-8) -> torch.Tensor:
+    """Per-object weights [B, c_out, c_in] from base W0 [c_out, c_in] and factors styles [B, (c_in + c_out) rank]."""
+    c_out, c_in = base.shape
+    B = styles.shape[0]
+    left = styles[:, :c_out * rank].reshape(B, c_out, rank)       # [B, c_out, r]
+    right = styles[:, c_out * rank:].reshape(B, rank, c_in)       # [B, r, c_in]
+    mod = torch.bmm(left, right) * (1.0 / math.sqrt(rank))        # [B, c_out, c_in]
+    weight = base.unsqueeze(0) * (1.0 + mod)                      # [B, c_out, c_in]
+    if demodulate:
+        weight = weight / (weight.norm(dim=2, keepdim=True) + eps)
+    return weight
+
+
+@persistent_class
+class HyperLinear(nn.Module):
+    """One NeRF layer whose weight is generated per object from w by FMM; the bias is shared by all objects.
+
+    `input_gain` (a constant) multiplies the inputs from column `input_gain_start` on: it folds the previous layer's
+    relu gain sqrt(2) into this layer's weight, so the previous layer only needs a plain relu (exact same function).
+    """
+
+    def __init__(self,
+                 in_features: int,            # c_in.
+                 out_features: int,           # c_out.
+                 w_dim: int = 128,            # Size of w.
+                 rank: int = 10,              # FMM rank r.
+                 input_gain: float = 1.0,     # Constant gain of inputs [input_gain_start:], folded into the weight.
+                 input_gain_start: int = 0,   # First input column the gain applies to.
+                 ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.input_gain, self.input_gain_start = float(input_gain), int(input_gain_start)
+        self.affine = FullyConnectedLayer(w_dim, (in_features + out_features) * rank, activation="linear",
+                                          lr_multiplier=1.0, bias_init=0.0)
+        self.weight = nn.Parameter(torch.randn([out_features, in_features]))
+        self.bias = nn.Parameter(torch.zeros([out_features]))
+
+    def build(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """w [B, w_dim] -> (weight^T [B, c_in, c_out] with the input gain folded in, bias [c_out]); fp32 or wider."""
+        dtype = compute_dtype(w.dtype)
+        with torch.autocast(device_type=w.device.type, enabled=False):
+            styles = self.affine(w.to(dtype))                                            # [B, (c_in+c_out) r]
+            weight = fmm_weights(self.weight.to(dtype), styles, self.rank)               # [B, c_out, c_in]
+            if self.input_gain != 1.0:
+                k = self.input_gain_start
+                weight = torch.cat([weight[:, :, :k], weight[:, :, k:] * self.input_gain], dim=2)
+        return weight.transpose(1, 2), self.bias.to(dtype)
+
+    @staticmethod
+    def apply_weights(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """One batched GEMM over objects: x [B, N, c_in] @ weight^T [B, c_in, c_out] + bias -> [B, N, c_out]."""
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight_t, bias = x.to(dtype), weight_t.to(dtype), bias.to(dtype)
+        else:
+            weight_t, bias = weight_t.to(x.dtype), bias.to(x.dtype)
+        return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, input_gain={self.input_gain:g}"

@@ -1,0 +1,73 @@
+"""The target network: a view-independent NeRF MLP whose weights come from w through FMM hyper layers.
+
+Topology (REFERENCE.md §1.5-1.7): PE(xyz) (63) -> layer 0 (63 -> C) -> layers 1..L-1 (C -> C) -> output (C -> 4).
+Hidden layers are relu x sqrt(2); the output is linear. When the layer at list position skip_after + 1 exists
+(num_layers >= 6 for the default skip_after = 4), the hidden state after layer skip_after is replaced by [PE, h], so that
+layer takes 63 + C inputs. The sqrt(2) gain of each relu is folded into the next layer's generated weight (exact).
+Weights are built once per call (`build_weights`) and then applied to any number of point chunks (`evaluate`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from torch_utils.persistence import persistent_class
+from training.networks.hyper import HyperLinear
+from training.rendering.volume import encoding_dim, positional_encoding
+
+RELU_GAIN = math.sqrt(2.0)
+LayerWeights = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@persistent_class
+class NeRFMLP(nn.Module):
+    """Per-object NeRF MLP: points [B, N, 3] -> raw [B, N, 4] (rgb logits, density logit)."""
+
+    def __init__(self,
+                 num_layers: int = 4,   # Hidden (point) layers L; the output layer comes on top.
+                 width: int = 128,      # Hidden width C.
+                 w_dim: int = 128,      # Size of w.
+                 rank: int = 10,        # FMM rank.
+                 multires: int = 10,    # Positional-encoding frequencies.
+                 skip_after: int = 4,   # Concatenate [PE, h] after this layer index (if a later layer exists).
+                 ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"NeRFMLP needs at least one hidden layer, got num_layers={num_layers}")
+        self.num_layers, self.width, self.multires, self.skip_after = num_layers, width, multires, skip_after
+        pe_dim = encoding_dim(multires)
+        self.uses_skip = num_layers > skip_after + 1
+        layers = [HyperLinear(pe_dim, width, w_dim, rank)]
+        for i in range(1, num_layers):
+            skip_in = self.uses_skip and i == skip_after + 1
+            layers.append(HyperLinear(pe_dim + width if skip_in else width, width, w_dim, rank,
+                                      input_gain=RELU_GAIN, input_gain_start=pe_dim if skip_in else 0))
+        layers.append(HyperLinear(width, 4, w_dim, rank, input_gain=RELU_GAIN))
+        self.layers = nn.ModuleList(layers)
+
+    def build_weights(self, w: torch.Tensor) -> LayerWeights:
+        """w [B, w_dim] -> per layer (weight^T [B, c_in, c_out], bias [c_out]), in fp32 (or float64)."""
+        return [layer.build(w) for layer in self.layers]
+
+    def evaluate(self, weights: LayerWeights, pts: torch.Tensor) -> torch.Tensor:
+        """Apply the built weights to points [B, N, 3] -> raw [B, N, 4] (dtype of the last GEMM)."""
+        pe = positional_encoding(pts, self.multires)                    # [B, N, 63]
+        h = pe
+        last = len(self.layers) - 1
+        for i, (layer, (weight_t, bias)) in enumerate(zip(self.layers, weights)):
+            h = layer.apply_weights(h, weight_t, bias)                  # [B, N, c_out]
+            if i == last:
+                break
+            h = torch.relu(h)                                           # gain sqrt(2) lives in the next weight
+            if self.uses_skip and i == self.skip_after:
+                h = torch.cat([pe.to(h.dtype), h], dim=-1)              # [B, N, 63 + C]
+        return h
+
+    def forward(self, w: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+        """w [B, w_dim], pts [B, N, 3] -> raw [B, N, 4]."""
+        return self.evaluate(self.build_weights(w), pts)
+
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}, width={self.width}, skip={self.uses_skip}"
