@@ -43,7 +43,10 @@ def resolve_device(name: str | None) -> torch.device:
     """'cpu', 'cuda', 'cuda:N' or None (cuda when available)."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"Bad --device '{name}': use cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was requested but no CUDA GPU is available: use --device cpu.")
     return device
