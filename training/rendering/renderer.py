@@ -66,8 +66,9 @@ def render_image(field: FieldFn, c2w: torch.Tensor, resolution: int, window: tor
 
     c2w [B, 4, 4]. Returns (img [B, 3, h, w] = 2 rgb - 1 in [-1, 1], aux dict(depth, opacity [B, 1, h, w])).
     """
-    origins, dirs = camera.get_rays(c2w, resolution, window=window, patch_size=patch_size,
-                                    pixel_center=pixel_center, fov_x_rad=fov_x_rad)   # [B, h, w, 3] each
+    with torch.autocast(device_type=c2w.device.type, enabled=False):  # Rays must stay fp32: PE goes up to 2^9 x.
+        origins, dirs = camera.get_rays(c2w, resolution, window=window, patch_size=patch_size,
+                                        pixel_center=pixel_center, fov_x_rad=fov_x_rad)   # [B, h, w, 3] each
     B, h, w = origins.shape[:3]
     out = render_rays(field, origins.reshape(B, h * w, 3), dirs.reshape(B, h * w, 3), near, far, num_samples,
                       perturb=perturb, raw_noise_std=raw_noise_std, generator=generator, ray_chunk=ray_chunk,
