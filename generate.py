@@ -105,6 +105,13 @@ def seed_latents(G: torch.nn.Module, seeds: Sequence[int], device: torch.device,
     return z, (torch.cat(poses).to(device) if with_poses else None)
 
 
+def seed_view(G: torch.nn.Module, seed: int, cam: tuple[float, float] | None,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """z [1, z_dim] of `seed` and its camera [1, 4, 4]: the seed's prior pose (cam None) or (azimuth, elevation)."""
+    z, c2w = seed_latents(G, [seed], device, with_poses=cam is None)
+    return z, (c2w if cam is None else poses(G, [cam[0]], [cam[1]], device))
+
+
 def parse_pose(spec: str, allow_random: bool = True) -> tuple[float, float] | None:
     """'random' -> None, 'front' -> (0, 0), 'AZ,EL' -> (azimuth, elevation) in degrees."""
     spec = str(spec).strip().lower()
@@ -250,9 +257,7 @@ def images(network: str, device: str | None, psi: float, ray_chunk: int, seeds: 
     G = generator_at_resolution(load_generator(network, dev), resolution)
     with click.progressbar(seed_list, label="Rendering images") as bar:
         for seed in bar:
-            z, c2w = seed_latents(G, [seed], dev, with_poses=cam is None)
-            if cam is not None:
-                c2w = poses(G, [cam[0]], [cam[1]], dev)
+            z, c2w = seed_view(G, seed, cam, dev)
             img = render(G, G.mapping(z, psi=psi), c2w, ray_chunk)
             save_image(to_uint8(img)[0], out / f"seed{seed:04d}.png")
     click.echo(f"Wrote {len(seed_list)} image(s) to '{out}'.")
@@ -385,9 +390,7 @@ def depth(network: str, device: str | None, psi: float, ray_chunk: int, seeds: s
     G = generator_at_resolution(load_generator(network, dev), resolution)
     with click.progressbar(seed_list, label="Rendering depth") as bar:
         for seed in bar:
-            z, c2w = seed_latents(G, [seed], dev, with_poses=cam is None)
-            if cam is not None:
-                c2w = poses(G, [cam[0]], [cam[1]], dev)
+            z, c2w = seed_view(G, seed, cam, dev)
             img, aux = render(G, G.mapping(z, psi=psi), c2w, ray_chunk, return_aux=True)
             opacity = aux["opacity"][0, 0].float()                                    # [H, W]
             save_image(to_uint8(img)[0], out / f"seed{seed:04d}.png")
