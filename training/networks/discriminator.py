@@ -139,9 +139,9 @@ class DiscriminatorEpilogue(nn.Module):
         self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, C, 4, 4] (any dtype/memory format) -> logits [N, 1] float32."""
-        x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+    def forward(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """x [N, C, 4, 4] (any dtype/memory format) -> logits [N, 1] in `dtype` (float32, or float64 in tests)."""
+        x = x.to(dtype=dtype, memory_format=torch.contiguous_format)
         if self.mbstd_num_channels > 0:
             x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)  # [N, C + F, 4, 4]
         x = self.conv(x)                 # [N, C, 4, 4]
@@ -183,7 +183,7 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor, mp_dtype: torch.dtype | None = None,
                 channels_last: bool = False) -> torch.Tensor:
-        """img [N, img_channels, P, P] float -> logits [N, 1] float32.
+        """img [N, img_channels, P, P] float -> logits [N, 1] float32 (float64 for float64 images, for gradcheck).
 
         mp_dtype: None / torch.float32 (all fp32), torch.float16 or torch.bfloat16 (mixed-precision blocks).
         channels_last: run the conv blocks in NHWC memory format (faster convolutions on GPUs).
@@ -194,12 +194,13 @@ class Discriminator(nn.Module):
         if img.ndim != 4 or tuple(img.shape[1:]) != (self.img_channels, P, P):
             raise ValueError(f"expected images [N, {self.img_channels}, {P}, {P}], got {list(img.shape)}")
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        base_dtype = torch.float64 if img.dtype == torch.float64 else torch.float32
         x = None
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
-            dtype = mp_dtype if (block.use_mp and mp_dtype in _MP_DTYPES) else torch.float32
+            dtype = mp_dtype if (block.use_mp and mp_dtype in _MP_DTYPES) else base_dtype
             x = block(x, img, dtype, memory_format)
-        return self.b4(x)
+        return self.b4(x, base_dtype)
 
     def extra_repr(self) -> str:
         return f"img_resolution={self.img_resolution}, fp16_resolution={self.fp16_resolution}"
