@@ -132,9 +132,8 @@ def dataset_features(dataset: torch.utils.data.Dataset, detector: Detector, batc
         if path.is_file():
             return FeatureStats.load(path, detector.device)
     stats = FeatureStats(capture_all=capture_all, max_items=count)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=batch_size,
-                                         shuffle=False, num_workers=0, collate_fn=_collate_images)
-    for images in loader:
+    for start in range(0, count, batch_size):  # plain indexing: a DataLoader would draw from the global RNG
+        images = _collate_images([dataset[i] for i in range(start, min(start + batch_size, count))])
         stats.append(detector(images))
         if progress is not None:
             progress(label, stats.num_items, count)
@@ -158,14 +157,17 @@ def generator_features(G: torch.nn.Module, detector: Detector, num_gen: int, dev
                        seed: int = 0, batch_size: int = 16, ray_chunk: int | None = None,
                        capture_all: bool = False, progress: ProgressFn | None = None,
                        label: str = "fakes") -> FeatureStats:
-    """Statistics of `num_gen` full-resolution renders of G (no jitter/noise, psi = 1, poses from the prior)."""
+    """Statistics of `num_gen` full-resolution renders of G (no jitter/noise, psi = 1, poses from the prior).
+
+    All z and poses come from one private torch.Generator seeded with `seed`, drawn before rendering, so the fake
+    set depends on (seed, num_gen) only, not on batch_size.
+    """
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(int(seed))
     stats = FeatureStats(capture_all=capture_all, max_items=num_gen)
-    while not stats.is_full():
-        n = min(batch_size, num_gen - stats.num_items)
-        z = G.sample_z(n, generator=gen, device=device)                     # [n, z_dim]
-        c2w = G.sample_poses(n, generator=gen, device=device)               # [n, 4, 4]
+    z_all = G.sample_z(num_gen, generator=gen, device=device)               # [num_gen, z_dim], drawn up front so
+    c2w_all = G.sample_poses(num_gen, generator=gen, device=device)         # [num_gen, 4, 4]  batching can't matter
+    for z, c2w in zip(z_all.split(batch_size), c2w_all.split(batch_size)):
         w = G.mapping(z)                                                    # [n, w_dim]
         img = G.synthesis(w, c2w, perturb=False, ray_chunk=ray_chunk)       # [n, 3, H, W] in [-1, 1]
         stats.append(detector(quantize_images(img.float())))

@@ -104,7 +104,8 @@ def calc_metric(name: str, G: torch.nn.Module, dataset: torch.utils.data.Dataset
     """Evaluate one metric of generator G against every image of `dataset`.
 
     Returns dict(name, results {key: value}, n_real, n_fake, detector, detector_sha1, resize, seed, seconds).
-    `memo` (a dict shared across calls) reuses real/fake features between metrics of one snapshot.
+    `memo` (a dict shared across calls) reuses real/fake features between metrics of one snapshot; its optional
+    entry 'capture_all' = {'real': bool, 'fake': {num_fake, ...}} asks for raw features up front.
     """
     t0 = time.time()
     spec = parse_metric(name)
@@ -114,11 +115,13 @@ def calc_metric(name: str, G: torch.nn.Module, dataset: torch.utils.data.Dataset
     if g_res is not None and d_res is not None and int(g_res) != int(d_res):
         raise UserError(f"The generator renders {g_res}x{g_res} images but the dataset holds {d_res}x{d_res}; "
                         f"pass --data with a dataset at {g_res} px (e.g. synth:chairs:{g_res}).")
-    need = spec.needs_features
-    real = _memo(memo, ("real", id(dataset)), need, lambda: dataset_features(
-        dataset, det, capture_all=need, cache=cache, progress=progress))
-    fake = _memo(memo, ("fake", spec.num_fake, seed), need, lambda: generator_features(
-        G, det, spec.num_fake, device, seed=seed, batch_size=batch_size, ray_chunk=ray_chunk, capture_all=need,
+    plan = (memo or {}).get("capture_all", {})
+    need_real = spec.needs_features or plan.get("real", False)
+    need_fake = spec.needs_features or spec.num_fake in plan.get("fake", ())
+    real = _memo(memo, ("real", id(dataset)), need_real, lambda: dataset_features(
+        dataset, det, capture_all=need_real, cache=cache, progress=progress))
+    fake = _memo(memo, ("fake", spec.num_fake, seed), need_fake, lambda: generator_features(
+        G, det, spec.num_fake, device, seed=seed, batch_size=batch_size, ray_chunk=ray_chunk, capture_all=need_fake,
         progress=progress))
     return _record(spec, _results(spec, real, fake, seed, device), real, fake, det, seed, t0)
 
@@ -178,7 +181,9 @@ def evaluate_snapshot_metrics(metrics: list[str], G_ema: torch.nn.Module, datase
     """
     names = parse_metric_list(metrics)
     det = get_detector(detector, device)
-    memo: dict = {}
+    specs = [parse_metric(n) for n in names]
+    memo: dict = {"capture_all": {"real": any(s.needs_features for s in specs),
+                                  "fake": {s.num_fake for s in specs if s.needs_features}}}
     out = {}
     for name in names:
         res = calc_metric(name, G_ema, dataset, device, detector=det, seed=seed, batch_size=batch_size,
