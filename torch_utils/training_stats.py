@@ -33,6 +33,10 @@ class Collector:
         else:
             acc.add_(moments)
 
+    def reset(self) -> None:
+        """Forget every series (a new run in the same process)."""
+        self._acc = {}
+
     def names(self) -> list[str]:
         return sorted(self._acc)
 

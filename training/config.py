@@ -69,7 +69,7 @@ class TrainConfig:
     mbstd_channels: int = 1
     # Augmentation (training/augment.py).
     aug: str = "fixed"                   # fixed (crop + x-flip at p) | ada (adaptive p) | noaug (crop only, p = 0)
-    p: float = 0.5                       # augmentation probability (initial value for ada)
+    p: float | None = None               # augmentation probability; None = 0.5 for fixed, 0 for ada (initial value)
     ada_target: float = 0.6              # target of E[sign(D(real))]
     ada_kimg: float = 500.0              # ADA adjustment speed: p can move 0 -> 1 in this many kimg
     ada_interval: int = 4                # steps between ADA updates
@@ -98,6 +98,8 @@ class TrainConfig:
     metrics: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.p is None:
+            self.p = 0.5 if self.aug == "fixed" else 0.0
         _coerce_types(self)
         self._validate()
 
@@ -198,7 +200,12 @@ def field_names() -> list[str]:
 
 def _field_types() -> dict[str, Any]:
     hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+    out = {}
+    for f in fields(TrainConfig):
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        out[f.name] = args[0] if len(args) == 1 else tp  # Optional[X] -> X (None is resolved in __post_init__)
+    return out
 
 
 def check_keys(d: dict[str, Any], source: str) -> None:

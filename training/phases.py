@@ -1,0 +1,127 @@
+"""One training step (`TrainStep`): Gmain, Dmain, lazy Dreg, EMA, ADA update and bad-step counting.
+
+The step is a callable of (reals uint8 [B, C, H, W] on device, step index) that keeps every per-step quantity on
+the device: no .item(), no boolean masking, static shapes, randomness from one explicit device torch.Generator.
+Host-side decisions depend only on the python step index (which phases run), so a caller may capture each phase
+pattern as a CUDA graph or compile it. Counters (cur_nimg, bad steps, ADA sign accumulator) are device tensors.
+"""
+from __future__ import annotations
+
+import torch
+
+from torch_utils import distributed as dist_utils
+from torch_utils import training_stats
+from training.config import TrainConfig
+from training.loss import GradGuard, HyperNeRFGANLoss, ema_beta, lazy_reg_hparams, make_optimizer, update_ema
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, torch.dtype | None]:
+    """'auto' -> bf16 on sm_80+, fp16 on sm_75 (T4), fp32 on CPU / older GPUs. Returns (name, 16-bit dtype or None)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(device)
+            precision = "bf16" if major >= 8 else "fp16" if (major, minor) >= (7, 5) else "fp32"
+        else:
+            precision = "fp32"
+    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return precision, dtype
+
+
+class TrainStep:
+    """Owns the optimisers, gradient guards, loss and device counters of a run; `__call__` performs one step."""
+
+    def __init__(self, cfg: TrainConfig, G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module,
+                 augment_pipe: torch.nn.Module | None, device: torch.device, generator: torch.Generator,
+                 world: int = 1) -> None:
+        self.cfg, self.G, self.D, self.G_ema, self.augment_pipe = cfg, G, D, G_ema, augment_pipe
+        self.device, self.generator, self.world = device, generator, world
+        self.precision, dtype = resolve_precision(cfg.precision, device)
+        dynamic = self.precision == "fp16"
+        self.G_params = [p for p in G.parameters() if p.requires_grad]
+        self.D_params = [p for p in D.parameters() if p.requires_grad]
+        g_lr, g_betas = lazy_reg_hparams(cfg.g_lr, cfg.beta1, cfg.beta2, cfg.g_reg_interval)
+        d_lr, d_betas = lazy_reg_hparams(cfg.d_lr, cfg.beta1, cfg.beta2, cfg.d_reg_interval)
+        self.opt_G = make_optimizer(self.G_params, g_lr, g_betas, cfg.eps, device)
+        self.opt_D = make_optimizer(self.D_params, d_lr, d_betas, cfg.eps, device)
+        self.guard_G = GradGuard(self.G_params, device, dynamic, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
+        self.guard_D = GradGuard(self.D_params, device, dynamic, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
+        self.loss = HyperNeRFGANLoss(G, D, augment_pipe, cfg.patch_size, cfg.r1_gamma, generator=generator,
+                                     g_dtype=dtype, d_dtype=dtype)
+        z = lambda dt=torch.int64: torch.zeros([], dtype=dt, device=device)  # noqa: E731
+        self.cur_nimg = z()                      # images shown to D over all ranks
+        self.bad_consec = z()                    # current run of consecutive steps with non-finite gradients
+        self.bad_consec_max = z()                # longest run since the last check (reset once per tick)
+        self.bad_total = z()                     # all bad steps of the run
+        self.ada_acc = torch.zeros([2], dtype=torch.float32, device=device)  # [sum sign(D(real)), count]
+
+    def _phase(self, loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, guard: GradGuard) -> torch.Tensor:
+        """Backward (scaled), all-reduce, unscale + check, optimiser step. Returns `bad` (0-dim bool)."""
+        guard.scale_loss(loss).backward(inputs=params)
+        dist_utils.all_reduce_grads(params)
+        bad = guard.unscale_and_check()
+        opt.step()
+        return bad
+
+    def __call__(self, reals: torch.Tensor, step_idx: int) -> None:
+        """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0."""
+        cfg = self.cfg
+        real = reals.to(torch.float32) / 127.5 - 1                                 # [b, 3, H, W] in [-1, 1]
+
+        # Gmain: update G to fool D on fresh fakes.
+        self.opt_G.zero_grad(set_to_none=True)
+        bad = self._phase(self.loss.gmain(real.shape[0]), self.G_params, self.opt_G, self.guard_G)
+
+        # Dmain: logistic loss on fresh fakes and the reals.
+        self.opt_D.zero_grad(set_to_none=True)
+        d_loss, sign_sum = self.loss.dmain(real)
+        bad = bad | self._phase(d_loss, self.D_params, self.opt_D, self.guard_D)
+        self.ada_acc.add_(torch.stack([sign_sum.float(), torch.full_like(sign_sum, real.shape[0]).float()]))
+
+        # Dreg: lazy R1 on the full-resolution reals, every d_reg_interval steps, multiplied by the interval.
+        if cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0:
+            self.opt_D.zero_grad(set_to_none=True)
+            reg = self.loss.dreg(real, gain=cfg.d_reg_interval)
+            bad = bad | self._phase(reg, self.D_params, self.opt_D, self.guard_D)
+
+        # Update G_ema and counters.
+        self.cur_nimg.add_(cfg.batch)
+        update_ema(self.G_ema, self.G, ema_beta(cfg.batch, self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
+        self._count_bad(bad)
+
+        # ADA: move p toward the target from the mean sign of D(real) over the last ada_interval steps (all ranks).
+        if cfg.aug == "ada" and self.augment_pipe is not None and (step_idx + 1) % cfg.ada_interval == 0:
+            acc = dist_utils.all_reduce_sum_(self.ada_acc.clone())
+            self.augment_pipe.ada_update(acc[0] / acc[1].clamp_min(1), num_images=cfg.batch * cfg.ada_interval,
+                                         target=cfg.ada_target, ada_kimg=cfg.ada_kimg)
+            self.ada_acc.zero_()
+
+    def _count_bad(self, bad: torch.Tensor) -> None:
+        b = bad.to(torch.int64)
+        self.bad_consec.mul_(b).add_(b)
+        torch.maximum(self.bad_consec_max, self.bad_consec, out=self.bad_consec_max)
+        self.bad_total.add_(b)
+        training_stats.report("Progress/bad_step", b)
+        if self.guard_G.dynamic:
+            training_stats.report("Progress/loss_scale_G", self.guard_G.scale)
+            training_stats.report("Progress/loss_scale_D", self.guard_D.scale)
+
+    def read_bad_steps(self) -> tuple[int, int]:
+        """Host read (once per tick): (longest consecutive run of bad steps since the last call, total bad steps)."""
+        longest, total = int(self.bad_consec_max), int(self.bad_total)
+        self.bad_consec_max.copy_(self.bad_consec)
+        return longest, total
+
+    def state_dict(self) -> dict:
+        return {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+                "guard_G": self.guard_G.state_dict(), "guard_D": self.guard_D.state_dict(),
+                "cur_nimg": self.cur_nimg.cpu().clone(), "bad_consec": self.bad_consec.cpu().clone(),
+                "bad_total": self.bad_total.cpu().clone(), "ada_acc": self.ada_acc.cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.guard_G.load_state_dict(state["guard_G"])
+        self.guard_D.load_state_dict(state["guard_D"])
+        for name in ("cur_nimg", "bad_consec", "bad_total", "ada_acc"):
+            getattr(self, name).copy_(state[name])
+        self.bad_consec_max.copy_(self.bad_consec)

@@ -1,0 +1,119 @@
+"""Run directories and the resumable training state (`training-state-NNNNNN.pt`).
+
+Run directories: a new run is `<outdir>/<NNNNN>-<desc>` with NNNNN one above the highest existing id; an existing
+directory is never reused by a new run. `--resume auto` continues IN an existing run directory: `--outdir` is either
+that run directory itself, or a runs root whose newest run (highest id) holding a training state is picked.
+
+The training state is a plain dict of tensors, numbers, strings and state dicts, saved with torch.save and loadable
+with `torch.load(weights_only=True)`: G, G_ema, D, augment pipe, both optimisers, loss scalers, counters, all RNG
+states (torch CPU/CUDA, the step generator, the data sampler position) and the statistics accumulators.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dnnlib.util import UserError, atomic_write
+
+STATE_FORMAT = "hypernerfgan-training-state/1"
+STATE_RE = re.compile(r"^training-state-(\d+)\.pt$")
+RUN_RE = re.compile(r"^(\d+)-")
+
+
+def snapshot_name(cur_nimg: int) -> str:
+    return f"{cur_nimg // 1000:06d}"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "training_options.json").is_file() or any(STATE_RE.match(f.name) for f in _files(p))
+
+
+def _files(p: Path) -> list[Path]:
+    return [f for f in p.iterdir() if f.is_file()] if p.is_dir() else []
+
+
+def new_run_dir(outdir: str | os.PathLike, desc: str) -> Path:
+    """Create `<outdir>/<NNNNN>-<desc>` with a fresh id (never an existing directory)."""
+    root = Path(outdir)
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        ids = [int(m.group(1)) for d in root.iterdir() if d.is_dir() and (m := RUN_RE.match(d.name))]
+        run_dir = root / f"{max(ids, default=-1) + 1:05d}-{desc}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:  # another process took this id meanwhile
+            continue
+
+
+def latest_state(run_dir: str | os.PathLike) -> Path | None:
+    """The training state with the highest kimg in a run directory (or None)."""
+    states = [(int(m.group(1)), f) for f in _files(Path(run_dir)) if (m := STATE_RE.match(f.name))]
+    return max(states)[1] if states else None
+
+
+def find_resume(outdir: str | os.PathLike) -> tuple[Path, Path]:
+    """For --resume auto: (run_dir, newest state). `outdir` is a run dir or a runs root (newest run with a state)."""
+    root = Path(outdir)
+    if is_run_dir(root):
+        state = latest_state(root)
+        if state is None:
+            raise UserError(f"--resume auto: run directory '{root}' holds no training-state-*.pt to resume from.")
+        return root, state
+    runs = sorted(((int(m.group(1)), d) for d in (root.iterdir() if root.is_dir() else [])
+                   if d.is_dir() and (m := RUN_RE.match(d.name)) and latest_state(d) is not None), reverse=True)
+    if not runs:
+        raise UserError(f"--resume auto: no run directory with a training-state-*.pt under '{root}'. Pass the run "
+                        f"directory as --outdir, a state file with --resume PATH, or drop --resume to start anew.")
+    run_dir = runs[0][1]
+    return run_dir, latest_state(run_dir)
+
+
+def resolve_resume_path(path: str | os.PathLike) -> Path:
+    """For --resume PATH: a training-state file, or a run directory (its newest state)."""
+    p = Path(path)
+    if p.is_dir():
+        state = latest_state(p)
+        if state is None:
+            raise UserError(f"--resume {p}: the directory holds no training-state-*.pt.")
+        return state
+    if not p.is_file():
+        raise UserError(f"--resume {p}: no such file. Pass a training-state-NNNNNN.pt, a run directory, or 'auto'.")
+    return p
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch_cpu": torch.get_rng_state(), "generator": generator.get_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    generator.set_state(state["generator"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+
+
+def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically torch.save `state` (+ format tag)."""
+    data = {"format": STATE_FORMAT, **state}
+    atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load(weights_only=True) with a clear UserError for anything that is not our state file."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"Cannot read training state '{path}': the file is corrupt or not written by this project's "
+                        f"train.py ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        raise UserError(f"'{path}' is not a {STATE_FORMAT} file written by this project's train.py.")
+    return data
