@@ -22,6 +22,7 @@ import PIL.Image
 
 from dnnlib import util
 from training import dataset as ds
+from training import synthetic
 
 RESIZE_FILTERS = {"lanczos": PIL.Image.Resampling.LANCZOS, "box": PIL.Image.Resampling.BOX,
                   "bilinear": PIL.Image.Resampling.BILINEAR}
@@ -53,7 +54,7 @@ def cli() -> None:
 # synth
 
 @cli.command()
-@click.option("--family", required=True, help="Synthetic shape family (cars, planes, chairs, carla, ...).")
+@click.option("--family", required=True, help=f"Synthetic shape family: {', '.join(synthetic.FAMILIES)}.")
 @click.option("--count", type=click.IntRange(min=1), required=True, help="Number of images.")
 @click.option("--resolution", type=click.IntRange(min=8), default=128, show_default=True, help="Image size (px).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Dataset seed.")
@@ -64,23 +65,17 @@ def cli() -> None:
 def synth(family: str, count: int, resolution: int, seed: int, dest: str, workers: int | None, ss: int,
           force: bool) -> None:
     """Render an embedded procedural dataset (deterministic per seed, independent of --workers)."""
-    family, resolution, count, seed = ds.parse_synth_spec(f"synth:{family}:{resolution}:{count}:{seed}")
     _check_dest(dest, force)
-    start = time.perf_counter()
     with click.progressbar(length=count, label=f"Rendering {family}", show_pos=True) as bar:
-        done = [0]
+        def progress(n_done: int) -> None:
+            bar.update(n_done - bar.pos)
 
-        def progress(n_done: int, total: int) -> None:
-            bar.update(n_done - done[0])
-            done[0] = n_done
-
-        ds.write_synth_atomic(dest, family, count, resolution, seed, workers=workers, ss=ss, progress=progress)
-    seconds = time.perf_counter() - start
-    sidecar = Path(dest).with_name(f"{Path(dest).stem}_gt.npz")
-    click.echo(f"Wrote {dest}: {count} images of {family} at {resolution}x{resolution}, seed {seed}, "
-               f"in {seconds:.1f} s ({_size_text(dest)}).")
-    if sidecar.is_file():
-        click.echo(f"Ground truth: {sidecar} ({_size_text(str(sidecar))}).")
+        summary = synthetic.write_dataset_zip(dest, family.lower(), count, resolution, seed, workers=workers, ss=ss,
+                                              progress=progress, overwrite=force)
+    click.echo(f"Wrote {dest}: {count} images of {family.lower()} at {resolution}x{resolution}, seed {seed}, "
+               f"in {summary['seconds']:.1f} s with {summary['workers']} workers ({_size_text(dest)}).")
+    if summary.get("gt_path"):
+        click.echo(f"Ground truth: {summary['gt_path']} ({_size_text(summary['gt_path'])}).")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -11,8 +11,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 
 from dnnlib import util
 from dnnlib.util import UserError
+from training import synthetic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CONVERT_HINT = ("convert it with `python dataset_tool.py convert --source SRC --dest OUT.zip --resolution R` "
@@ -314,13 +313,11 @@ SYNTH_PREFIX = "synth:"
 
 def parse_synth_spec(spec: str, resolution: int = 128, count: int = 10000, seed: int = 0) -> tuple[str, int, int, int]:
     """'synth:FAMILY[:RES[:COUNT[:SEED]]]' -> (family, resolution, count, seed); empty fields take the defaults."""
-    from training.synthetic import FAMILIES
-
     fields = spec[len(SYNTH_PREFIX):].split(":")
     family = fields[0].strip().lower()
-    if family not in FAMILIES:
+    if family not in synthetic.FAMILIES:
         raise DatasetError(f"Unknown synthetic family '{fields[0]}' in '{spec}'. Valid families: "
-                           f"{', '.join(sorted(FAMILIES))} (e.g. 'synth:chairs:128:10000:0').")
+                           f"{', '.join(synthetic.FAMILIES)} (e.g. 'synth:chairs:128:10000:0').")
     if len(fields) > 4:
         raise DatasetError(f"Too many fields in '{spec}': use synth:FAMILY[:RES[:COUNT[:SEED]]].")
     values = [resolution, count, seed]
@@ -344,13 +341,9 @@ def synth_cache_path(family: str, resolution: int, count: int, seed: int) -> Pat
     return util.cache_dir() / "datasets" / f"synth-{family}-{resolution}-{count}-s{seed}.zip"
 
 
-def _gt_sidecar(zip_path: Path) -> Path:
-    return zip_path.with_name(f"{zip_path.stem}_gt.npz")
-
-
 class _FileLock:
     """An exclusive advisory lock (fcntl) so that racing processes render a cache entry once; a no-op where fcntl
-    does not exist (the atomic os.replace below keeps the result correct there too)."""
+    does not exist (the writer's atomic os.replace keeps the result correct there too)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -371,7 +364,8 @@ class _FileLock:
 def resolve_data(spec: str, resolution: int = 128, count: int = 10000, seed: int = 0,
                  workers: int | None = None) -> str:
     """A dataset path from a path or a 'synth:FAMILY[:RES[:COUNT[:SEED]]]' spec. Synthetic sets are rendered on
-    first use into the cache (`$HNG_CACHE_DIR/datasets/`) and reused afterwards."""
+    first use into the cache (`$HNG_CACHE_DIR/datasets/`, with their `_gt.npz` sidecar) and reused afterwards.
+    Racing processes render once: a file lock serialises them and the writer moves finished files into place."""
     spec = os.fspath(spec)
     if not spec.startswith(SYNTH_PREFIX):
         if not os.path.exists(spec):
@@ -387,29 +381,8 @@ def resolve_data(spec: str, resolution: int = 128, count: int = 10000, seed: int
         if not dest.is_file():  # another process may have rendered it while we waited
             print(f"Rendering synthetic dataset '{family}' ({cnt} images at {res}x{res}, seed {sd}) into {dest} "
                   f"(first use; cached afterwards)...", flush=True)
-            write_synth_atomic(dest, family, cnt, res, sd, workers=workers)
+            synthetic.write_dataset_zip(dest, family, cnt, res, sd, workers=workers, overwrite=True)  # atomic
     return str(dest)
-
-
-def write_synth_atomic(dest: str | os.PathLike, family: str, count: int, resolution: int, seed: int,
-                       workers: int | None = None, ss: int = 2, progress: Any = None) -> dict:
-    """Render a synthetic dataset zip (and its `<stem>_gt.npz` sidecar) into a private temp folder next to dest,
-    then move both into place, the zip last: a reader never sees a half-written file. Returns the writer's summary."""
-    from training.synthetic import write_dataset_zip
-
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.stem}.", dir=dest.parent))
-    try:
-        tmp_zip = tmp_dir / dest.name
-        summary = write_dataset_zip(str(tmp_zip), family, count, resolution, seed, workers=workers, ss=ss,
-                                    progress=progress)
-        if _gt_sidecar(tmp_zip).is_file():
-            os.replace(_gt_sidecar(tmp_zip), _gt_sidecar(dest))
-        os.replace(tmp_zip, dest)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------------------------------
