@@ -187,10 +187,15 @@ def convert(source: str, dest: str, resolution: int, transform: str, resize_filt
 # info
 
 def _objects_summary(objects: list) -> str:
-    families = collections.Counter(str(o[2]) for o in objects if len(o) > 2)
-    unique = len({(o[2], o[1]) for o in objects if len(o) > 2})
-    fams = ", ".join(f"{f} {n}" for f, n in sorted(families.items()))
-    return f"{len(objects)} entries, {unique} distinct objects; families: {fams or 'none'}"
+    """'N entries, K distinct objects; families: ...' from dataset.json rows [fname, object_id, family, template_id]."""
+    rows = [o for o in objects if isinstance(o, list) and len(o) >= 4]
+    families = collections.Counter(str(o[2]) for o in rows)
+    unique = len({(o[2], o[1]) for o in rows})
+    templates = len({(o[2], o[3]) for o in rows if isinstance(o[3], int) and o[3] >= 0})
+    text = f"{len(objects)} entries, {unique} distinct objects"
+    if templates:
+        text += f" from {templates} templates"
+    return text + "; families: " + (", ".join(f"{f} {n}" for f, n in sorted(families.items())) or "none")
 
 
 @cli.command()
