@@ -123,14 +123,16 @@ class Detector:
 
 
 class TorchScriptDetector(Detector):
-    """A TorchScript feature network fed with the StyleGAN2-ADA recipe (resize to 299, (x - 128) / 128)."""
+    """A TorchScript feature network fed with the StyleGAN2-ADA recipe (resize to 299, (x - 128) / 128).
+
+    Custom (non-official) files may set an int attribute `input_size` to be fed at another square size.
+    """
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu") -> None:
         self.path = os.fspath(path)
         self.device = torch.device(device)
         self.sha1 = file_sha1(self.path)
         self.name = "inception-2015-12-05" if self.sha1 == DETECTOR_SHA1 else f"custom:{Path(self.path).name}"
-        self.resize = RESIZE_MODE
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # torch>=2.10 flags TorchScript as deprecated.
@@ -139,10 +141,13 @@ class TorchScriptDetector(Detector):
             raise UserError(f"Cannot load the feature detector '{self.path}' as TorchScript ({type(exc).__name__}: "
                             f"{exc}). Reinstall the official one with `{INSTALL_HINT}`.") from exc
         self.module = module.eval()
+        # A custom network may declare its own square input size (an int attribute `input_size`); default 299.
+        self.input_size = int(getattr(self.module, "input_size", INPUT_SIZE))
+        self.resize = RESIZE_MODE if self.input_size == INPUT_SIZE else f"nv_bilinear_float_{self.input_size}"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         with strict_fp32():
-            x = nv_resize(images.to(torch.float32))                                      # [N, 3, 299, 299]
+            x = nv_resize(images.to(torch.float32), self.input_size)                     # [N, 3, s, s]
             x = (x - 128.0) / 128.0
             return self.module(x).reshape(images.shape[0], -1)                           # [N, D]
 

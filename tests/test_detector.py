@@ -83,6 +83,25 @@ def test_custom_torchscript_detector_loads_once_and_records_sha(tmp_path):
     torch.testing.assert_close(feats, expect, rtol=1e-5, atol=1e-5)
 
 
+def test_custom_detector_input_size(tmp_path):
+    class Small(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_size = 24
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)
+
+    path = str(tmp_path / "small.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Small()), path)
+    d = load_detector(path, "cpu")
+    imgs = torch.randint(0, 256, (2, 3, 10, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    assert d.resize == "nv_bilinear_float_24"
+    torch.testing.assert_close(d(imgs), ((nv_resize(imgs.float(), 24) - 128) / 128).flatten(1))
+
+
 def test_detector_batch_invariance_and_grey(tmp_path):
     d = load_detector(save_standin(tmp_path / "standin.pt"), "cpu")
     imgs = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))

@@ -1,0 +1,116 @@
+"""calc_metrics.py end to end: --compare on tiny image sets, a run directory with a real tiny Generator snapshot
+(jsonl provenance, skipping, --force), and clear errors (exit 1) for bad input. Uses a TorchScript stand-in detector."""
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+import calc_metrics
+from training.checkpoint import save_network_snapshot
+from training.networks.generator import Generator
+
+
+class _StandIn(torch.nn.Module):
+    """Tiny TorchScript-able feature net fed at 32 px: 4x4 average pooling and a fixed projection -> [N, 16]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_size = 32
+        self.register_buffer("proj", torch.randn(48, 16, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
+    detector = tmp_path / "standin.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(_StandIn()), str(detector))
+    return tmp_path, str(detector)
+
+
+def _write_images(folder, n: int, res: int, seed: int, as_zip: bool = False) -> str:
+    rng = np.random.default_rng(seed)
+    imgs = [rng.integers(0, 256, (res, res, 3), dtype=np.uint8) for _ in range(n)]
+    folder.mkdir(parents=True)
+    for i, img in enumerate(imgs):
+        PIL.Image.fromarray(img).save(folder / f"img{i:04d}.png")
+    if not as_zip:
+        return str(folder)
+    zpath = folder.with_suffix(".zip")
+    with zipfile.ZipFile(zpath, "w") as z:
+        for i in range(n):
+            z.write(folder / f"img{i:04d}.png", f"img{i:04d}.png")
+    return str(zpath)
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        calc_metrics.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_compare_two_image_sets(env, capsys):
+    tmp, det = env
+    a = _write_images(tmp / "a", 12, 16, seed=0)
+    b = _write_images(tmp / "b", 10, 16, seed=1, as_zip=True)
+    code, out, err = run(["--data", a, "--compare", b, "--metrics", "fid1k_full,kid1k_full", "--detector", det,
+                          "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "fid1k_full=" in out and "kid1k_full=" in out and "n_real" in out
+    row = next(line for line in out.splitlines() if "fid1k_full=" in line).split()
+    assert row[-3:-1] == ["12", "10"]  # all of A vs the first min(1000, 10) of B
+    code, out, _ = run(["--data", a, "--compare", a, "--metrics", "fid1k_full", "--detector", det], capsys)
+    assert code == 0 and abs(float(out.split("fid1k_full=")[1].split()[0])) < 1e-6
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--network", "missing-run-dir"], "Network not found"),
+    (["--network", ".", "--metrics", "fid1k_full,is50k"], "Valid metrics: fid1k_full"),
+    (["--data", "x", "--compare", "y", "--detector", "no-such-detector.pt"], "pip install --no-deps"),
+    (["--compare", "y"], "--compare needs --data"),
+    ([], "Pass --network"),
+])
+def test_bad_input_exits_1_with_clear_message(env, capsys, args, message):
+    code, out, err = run(args + ["--device", "cpu"], capsys)
+    assert code == 1
+    assert message in err and "Traceback" not in err
+
+
+def test_run_dir_snapshot_jsonl_skip_and_force(env, capsys):
+    tmp, det = env
+    data = _write_images(tmp / "reals", 8, 16, seed=2)
+    torch.manual_seed(0)
+    kwargs = dict(z_dim=8, w_dim=8, num_layers=2, width=16, rank=2, multires=2, img_resolution=16, num_samples=2)
+    G = Generator(**kwargs)
+    run_dir = tmp / "run"
+    save_network_snapshot(run_dir / "network-snapshot-000004.pkl", G=G, G_ema=G, training_set_kwargs={"path": data},
+                          kimg=4.0)
+    args = ["--network", run_dir, "--metrics", "fid1k_full", "--detector", det, "--device", "cpu", "--batch", "250"]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    lines = (run_dir / "metric-fid1k_full.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["snapshot_pkl"] == "network-snapshot-000004.pkl" and rec["kimg"] == 4.0
+    assert (rec["n_real"], rec["n_fake"], rec["seed"]) == (8, 1000, 0)
+    assert rec["detector_sha1"] and rec["resize"] == "nv_bilinear_float_32" and rec["results"]["fid1k_full"] > 0
+    assert f"{rec['results']['fid1k_full']:.6g}" in out
+    code, out, _ = run(args, capsys)
+    assert code == 0 and "skipped" in out
+    assert len((run_dir / "metric-fid1k_full.jsonl").read_text().splitlines()) == 1
+    code, _, _ = run(args + ["--force"], capsys)
+    lines = (run_dir / "metric-fid1k_full.jsonl").read_text().splitlines()
+    assert code == 0 and len(lines) == 2
+    assert json.loads(lines[1])["results"] == rec["results"]  # same seed -> same z/poses -> same value
