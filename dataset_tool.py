@@ -23,15 +23,11 @@ import PIL.Image
 from dnnlib import util
 from training import dataset as ds
 from training import synthetic
+from training.synthetic.writer import image_fname
 
 RESIZE_FILTERS = {"lanczos": PIL.Image.Resampling.LANCZOS, "box": PIL.Image.Resampling.BOX,
                   "bilinear": PIL.Image.Resampling.BILINEAR}
 PNG_COMPRESS_LEVEL = 6  # 1-3 KB per 128-px render instead of 49 KB at level 0; decoding cost is the same
-
-
-def archive_name(idx: int) -> str:
-    """The StyleGAN2-ADA layout name of image idx inside a dataset zip."""
-    return f"{idx // 1000:05d}/img{idx:08d}.png"
 
 
 def _check_dest(dest: str, force: bool) -> None:
@@ -116,7 +112,7 @@ def _converted_metadata(meta: dict | None, names: list[str], where: str) -> dict
     """dataset.json for the converted zip: labels (when the source has them) and per-file entries renamed."""
     meta = meta or {}
     ds.parse_labels(meta, names, where)  # validates coverage; raises naming a missing file
-    new_name = {n: archive_name(i) for i, n in enumerate(names)}
+    new_name = {n: image_fname(i) for i, n in enumerate(names)}
     out: dict[str, Any] = {"labels": None}
     if meta.get("labels") is not None:
         table = dict(meta["labels"])
@@ -141,7 +137,7 @@ def _write_zip(tmp: str, source: ds.ImageSource, names: list[str], meta: dict, r
             img = prepare_image(img, name, resolution, transform, resample)
             buf = io.BytesIO()
             img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-            zf.writestr(archive_name(idx), buf.getvalue())
+            zf.writestr(image_fname(idx), buf.getvalue())
         zf.writestr("dataset.json", json.dumps(meta))
     return upscaled
 
@@ -165,8 +161,6 @@ def convert(source: str, dest: str, resolution: int, transform: str, resize_filt
     if os.path.abspath(src.path) == os.path.abspath(dest):
         raise util.UserError("--source and --dest are the same file; write to another --dest.")
     names = src.image_names[:max_images]
-    if not names:
-        raise ds.DatasetError(f"No images found in '{source}' (looked for {', '.join(ds.IMAGE_EXTENSIONS)}).")
     meta = _converted_metadata(src.read_json(), names, src.path)
     start = time.perf_counter()
     upscaled = [0]

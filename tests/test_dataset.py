@@ -226,6 +226,8 @@ def test_infinite_sampler_passes_and_ranks() -> None:
     r0, r1 = iter(InfiniteSampler(n, rank=0, num_replicas=2, seed=3)), iter(InfiniteSampler(n, rank=1, num_replicas=2,
                                                                                           seed=3))
     assert [next(r0) for _ in range(2 * n)] == seq[0::2] and [next(r1) for _ in range(2 * n)] == seq[1::2]
+    resumed = iter(InfiniteSampler(n, rank=1, num_replicas=2, seed=3, start=7))
+    assert [next(resumed) for _ in range(5)] == seq[1::2][7:12]
     plain = iter(InfiniteSampler(n, shuffle=False))
     assert [next(plain) for _ in range(n + 2)] == list(range(n)) + [0, 1]
     with pytest.raises(ValueError):

@@ -36,6 +36,11 @@ class DatasetError(UserError):
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading a zip or a folder.
 
+def _not_found(path: str) -> DatasetError:
+    return DatasetError(f"Dataset not found: '{path}'. Pass a zip or folder of images, or a spec like "
+                        f"'synth:chairs' to generate the embedded synthetic dataset.")
+
+
 def _is_image_name(name: str) -> bool:
     parts = name.split("/")
     if any(p.startswith(".") or p == "__MACOSX" for p in parts):
@@ -49,8 +54,7 @@ class ImageSource:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
-            raise DatasetError(f"Dataset not found: '{self.path}'. Pass a zip or folder of images, or a spec like "
-                               f"'synth:chairs' to generate the embedded synthetic dataset.")
+            raise _not_found(self.path)
         if os.path.isdir(self.path):
             self.kind = "folder"
         elif zipfile.is_zipfile(self.path):
@@ -73,8 +77,12 @@ class ImageSource:
 
     @property
     def image_names(self) -> list[str]:
-        """Sorted image file names relative to the root, '/'-separated."""
-        return [n for n in self.all_names if _is_image_name(n)]
+        """Sorted image file names relative to the root, '/'-separated. Raises DatasetError when there are none."""
+        names = [n for n in self.all_names if _is_image_name(n)]
+        if not names:
+            raise DatasetError(f"No images found in '{self.path}'. Expected PNG or JPG files "
+                               f"({', '.join(IMAGE_EXTENSIONS)}), in sub-folders or at the root.")
+        return names
 
     def zipfile(self) -> zipfile.ZipFile:
         """The open zip of this process (reopened after fork or unpickling)."""
@@ -219,9 +227,6 @@ class ImageDataset(torch.utils.data.Dataset):
         self.path = self._source.path
         self.name = Path(self.path.rstrip("/\\")).stem
         names = self._source.image_names
-        if not names:
-            raise DatasetError(f"No images found in '{self.path}'. Expected PNG or JPG files "
-                               f"({', '.join(IMAGE_EXTENSIONS)}), in sub-folders or at the root.")
         self.resolution = _check_sizes(self._source, names, resolution)
         meta = self._source.read_json()
         labels = parse_labels(meta, names, self.path)
@@ -369,8 +374,7 @@ def resolve_data(spec: str, resolution: int = 128, count: int = 10000, seed: int
     spec = os.fspath(spec)
     if not spec.startswith(SYNTH_PREFIX):
         if not os.path.exists(spec):
-            raise DatasetError(f"Dataset not found: '{spec}'. Pass a zip or folder of images, or a spec like "
-                               f"'synth:chairs' to generate the embedded synthetic dataset.")
+            raise _not_found(spec)
         return spec
     family, res, cnt, sd = parse_synth_spec(spec, resolution, count, seed)
     dest = synth_cache_path(family, res, cnt, sd)
@@ -394,11 +398,12 @@ class InfiniteSampler(torch.utils.data.Sampler):
     Positions are visited cyclically through a shuffled order. After position i is yielded it is swapped with a
     random position among the `window` most recently visited ones of the current pass, so the order keeps drifting
     between passes (no epoch boundaries), yet every pass of len(dataset) steps still visits every index exactly
-    once. All ranks draw the same stream from `seed`; rank r takes steps r, r + num_replicas, ...
+    once. All ranks draw the same stream from `seed`; rank r takes steps r, r + num_replicas, ... The first `start`
+    indices of this rank's stream are skipped (to resume a run).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset | int, rank: int = 0, num_replicas: int = 1,
-                 shuffle: bool = True, seed: int = 0, window_size: float = 0.5) -> None:
+                 shuffle: bool = True, seed: int = 0, window_size: float = 0.5, start: int = 0) -> None:
         self.size = dataset if isinstance(dataset, int) else len(dataset)
         if self.size < 1:
             raise DatasetError("Cannot sample from an empty dataset.")
@@ -407,18 +412,23 @@ class InfiniteSampler(torch.utils.data.Sampler):
         if not 0 <= window_size <= 1:
             raise ValueError(f"window_size must be in [0, 1] (got {window_size})")
         self.rank, self.num_replicas = rank, num_replicas
-        self.shuffle, self.seed, self.window_size = shuffle, seed, window_size
+        if start < 0:
+            raise ValueError(f"start must be >= 0 (got {start})")
+        self.shuffle, self.seed, self.window_size, self.start = shuffle, seed, window_size, start
 
     def __iter__(self) -> Iterator[int]:
         n = self.size
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         window = int(round(n * self.window_size)) if self.shuffle else 0
-        step = 0
+        step, skip = 0, self.start
         while True:
             i = step % n
             if step % self.num_replicas == self.rank:
-                yield int(order[i])
+                if skip == 0:
+                    yield int(order[i])
+                else:
+                    skip -= 1
             if window >= 2:
                 j = i - int(rng.integers(min(window, i + 1)))  # a visited position of this pass
                 order[i], order[j] = order[j], order[i]
@@ -427,11 +437,13 @@ class InfiniteSampler(torch.utils.data.Sampler):
 
 def iterate_reals(dataset: torch.utils.data.Dataset, batch: int, device: torch.device | str, seed: int = 0,
                   rank: int = 0, world: int = 1, num_workers: int = 2, prefetch_factor: int = 2,
-                  with_labels: bool = False) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+                  with_labels: bool = False, start: int = 0
+                  ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """Endless batches of this rank's reals: uint8 [batch, C, H, W] on `device` (with float32 labels
-    [batch, label_dim] too when with_labels). `batch` is the per-rank batch size."""
+    [batch, label_dim] too when with_labels). `batch` is the per-rank batch size; `start` skips that many indices of
+    this rank's stream (resume where a previous run stopped)."""
     device = torch.device(device)
-    sampler = InfiniteSampler(dataset, rank=rank, num_replicas=world, seed=seed)
+    sampler = InfiniteSampler(dataset, rank=rank, num_replicas=world, seed=seed, start=start)
     kwargs: dict[str, Any] = dict(num_workers=num_workers, pin_memory=device.type == "cuda")
     if num_workers > 0:
         kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=True)
