@@ -59,7 +59,7 @@ def test_fir_downsample_halves_and_keeps_constants():
 
 
 def test_fir2d_gradcheck_and_gradgradcheck():
-    x = _rand(1, 2, 6, 6).requires_grad_(True)
+    x = _rand(1, 1, 6, 6).requires_grad_(True)
     f = make_fir_filter().double()
     assert torch.autograd.gradcheck(lambda t: fir2d(t, f, 1, 2), (x,))
     assert torch.autograd.gradgradcheck(lambda t: fir2d(t, f, 1, 2), (x,))
