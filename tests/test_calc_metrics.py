@@ -114,3 +114,16 @@ def test_run_dir_snapshot_jsonl_skip_and_force(env, capsys):
     lines = (run_dir / "metric-fid1k_full.jsonl").read_text().splitlines()
     assert code == 0 and len(lines) == 2
     assert json.loads(lines[1])["results"] == rec["results"]  # same seed -> same z/poses -> same value
+
+
+def test_reals_never_include_xflips(env):
+    from metrics.detector import load_detector
+    from metrics.feature_stats import dataset_features
+    from training.dataset import ImageDataset
+    tmp, det = env
+    folder = _write_images(tmp / "flip", 5, 16, seed=3)
+    d = load_detector(det, "cpu")
+    plain = dataset_features(ImageDataset(folder), d, capture_all=True, cache=False)
+    flipped = dataset_features(ImageDataset(folder, xflip=True), d, capture_all=True, cache=False)
+    assert flipped.num_items == plain.num_items == 5
+    torch.testing.assert_close(flipped.get_all(), plain.get_all())

@@ -1,5 +1,5 @@
 """Metric maths (FID closed form, stable square root vs scipy, unbiased KID, precision/recall), streaming statistics,
-the registry, and calc_metric/compare_datasets/evaluate_snapshot_metrics with a toy generator and a stand-in detector."""
+the registry, and calc_metric / compare_datasets / evaluate_snapshot_metrics with a toy G and a stand-in detector."""
 from __future__ import annotations
 
 import json
@@ -208,7 +208,8 @@ class ToyG(torch.nn.Module):
     def synthesis(self, w, c2w, window=None, patch_size=None, perturb=False, generator=None, ray_chunk=None):
         assert perturb is False and generator is None
         ramp = torch.linspace(-1, 1, 8)
-        pattern = ramp[None, None, :, None] * w[:, :3, None, None] + ramp[None, None, None, :] * c2w[:, :3, 0, None, None]
+        pattern = (ramp[None, None, :, None] * w[:, :3, None, None]
+                   + ramp[None, None, None, :] * c2w[:, :3, 0, None, None])
         return torch.tanh(pattern + w[:, 3:4, None, None])                # [B, 3, 8, 8]
 
 
