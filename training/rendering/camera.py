@@ -40,7 +40,10 @@ def pose_spherical(theta_deg: torch.Tensor, elev_deg: torch.Tensor, radius: floa
     dtype = theta_deg.dtype if theta_deg.is_floating_point() else torch.float32
     th = torch.deg2rad(theta_deg.to(dtype)).reshape(-1)
     el = torch.deg2rad(torch.as_tensor(elev_deg, device=th.device).to(dtype)).reshape(-1)
-    r = torch.as_tensor(radius, device=th.device, dtype=dtype).expand_as(th)
+    if isinstance(radius, torch.Tensor):
+        r = radius.to(device=th.device, dtype=dtype).expand_as(th)
+    else:  # No host-to-device copy (keeps this function usable inside CUDA graph capture).
+        r = torch.full_like(th, float(radius))
     st, ct, se, ce = torch.sin(th), torch.cos(th), torch.sin(el), torch.cos(el)
     zero, one = torch.zeros_like(th), torch.ones_like(th)
     right = torch.stack([-ct, st, zero], -1)              # camera x axis in world
