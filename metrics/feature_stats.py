@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from dnnlib.util import atomic_write, cache_dir
 from metrics.detector import Detector
 
 ProgressFn = Callable[[str, int, int], None]  # (phase label, items done, items total)
+LOADER_WORKERS_FROM = 1024  # datasets at least this large are decoded by DataLoader workers
 
 
 class FeatureStats:
@@ -136,14 +137,22 @@ def dataset_features(dataset: torch.utils.data.Dataset, detector: Detector, batc
         if path.is_file():
             return FeatureStats.load(path, detector.device)
     stats = FeatureStats(capture_all=capture_all, max_items=count)
-    for start in range(0, count, batch_size):  # plain indexing: a DataLoader would draw from the global RNG
-        images = _collate_images([dataset[i] for i in range(start, min(start + batch_size, count))])
+    for images in _image_batches(dataset, count, batch_size):
         stats.append(detector(images))
         if progress is not None:
             progress(label, stats.num_items, count)
     if path is not None:
         stats.save(path)
     return stats
+
+
+def _image_batches(dataset: torch.utils.data.Dataset, count: int, batch_size: int) -> Iterable[torch.Tensor]:
+    """Items 0..count-1 in order as uint8 [b, C, H, W] batches; large sets decode in worker processes."""
+    workers = min(4, (os.cpu_count() or 1) // 2) if count >= LOADER_WORKERS_FROM else 0
+    subset = torch.utils.data.Subset(dataset, range(count))
+    # A private generator: the loader's base seed must not come from (and disturb) the global RNG.
+    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       collate_fn=_collate_images, generator=torch.Generator().manual_seed(0))
 
 
 def _collate_images(batch: list) -> torch.Tensor:

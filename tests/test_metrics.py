@@ -303,3 +303,14 @@ def test_evaluate_snapshot_metrics_appends_jsonl(tmp_path, monkeypatch):
         assert key in rec
     assert json.loads(lines[1])["snapshot_pkl"] == "network-snapshot-000008.pkl"
     assert len(metric_main.read_metric_jsonl(run, "kid1k_full")) == 1
+
+
+def test_dataset_features_with_loader_workers_keep_order_and_global_rng(monkeypatch):
+    from metrics import feature_stats
+    monkeypatch.setattr(feature_stats, "LOADER_WORKERS_FROM", 10)
+    monkeypatch.setattr(feature_stats.os, "cpu_count", lambda: 2)  # one worker process
+    data, det = ToyDataset(40, seed=8), CountingDetector()
+    rng_before = torch.get_rng_state()
+    stats = feature_stats.dataset_features(data, det, batch_size=16, capture_all=True, cache=False)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    torch.testing.assert_close(stats.get_all(), det.fn(data.images))
