@@ -47,7 +47,10 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: torch.Tensor) -
     """theta_ema <- theta + beta * (theta_ema - theta) for parameters (one foreach lerp); buffers are copied."""
     ema_params = list(G_ema.parameters())
     src_params = list(G.parameters())
-    torch._foreach_lerp_(ema_params, src_params, (1.0 - beta).to(ema_params[0].device))
+    # ema += (1 - beta) * (src - ema) with a device-tensor weight: no host sync, so it can run inside a CUDA graph.
+    diff = torch._foreach_sub(src_params, ema_params)
+    torch._foreach_mul_(diff, (1.0 - beta).to(ema_params[0].device))
+    torch._foreach_add_(ema_params, diff)
     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
         b_ema.copy_(b)
 
