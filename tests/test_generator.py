@@ -71,9 +71,9 @@ def _reference_object(G: Generator, w_b, c2w_b, window_b, patch, u_b, noise_b):
     return (2 * color - 1).T.reshape(3, h_img, w_img), (weights * t).sum(1).reshape(1, h_img, w_img)
 
 
-@pytest.mark.parametrize("perturb,patch", [(True, 5), (False, None)])
-def test_batched_equals_per_object_reference(perturb: bool, patch: int | None) -> None:
-    G = _small_g().double()
+@pytest.mark.parametrize("perturb,patch,num_layers", [(True, 5, 8), (False, None, 8), (True, 4, 4)])
+def test_batched_equals_per_object_reference(perturb: bool, patch: int | None, num_layers: int) -> None:
+    G = _small_g(num_layers=num_layers).double()
     B, S = 3, G.num_samples
     z = torch.randn(B, G.z_dim, dtype=torch.float64)
     c2w = G.sample_poses(B, generator=torch.Generator().manual_seed(1)).double()

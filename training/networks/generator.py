@@ -14,7 +14,7 @@ from torch_utils.persistence import persistent_class
 from training.networks.mapping import MappingNetwork
 from training.networks.nerf import NeRFMLP
 from training.rendering import camera
-from training.rendering.renderer import render_image
+from training.rendering.renderer import FieldFn, render_image
 from training.rendering.volume import density_activation
 
 Output = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -93,7 +93,7 @@ class Generator(nn.Module):
         if patch_size is not None and not 1 <= patch_size <= self.img_resolution:
             raise UserError(f"patch_size={patch_size} must lie in 1..img_resolution ({self.img_resolution}).")
 
-    def _field(self, w: torch.Tensor):
+    def _field(self, w: torch.Tensor) -> FieldFn:
         """Build the per-object NeRF weights once; return field(pts [B, N, 3]) -> (rgb [B, N, 3], raw_sigma [B, N])."""
         weights = self.nerf.build_weights(w)
 

@@ -2,8 +2,9 @@
 
 Topology (REFERENCE.md §1.5-1.7): PE(xyz) (63) -> layer 0 (63 -> C) -> layers 1..L-1 (C -> C) -> output (C -> 4).
 Hidden layers are relu x sqrt(2); the output is linear. When the layer at list position skip_after + 1 exists
-(num_layers >= 6 for the default skip_after = 4), the hidden state after layer skip_after is replaced by [PE, h], so that
-layer takes 63 + C inputs. The sqrt(2) gain of each relu is folded into the next layer's generated weight (exact).
+(num_layers >= 6 for the default skip_after = 4), the hidden state after layer skip_after is replaced by [PE, h], so
+that layer takes 63 + C inputs (with num_layers = 5 the reference would crash; here that depth simply has no skip).
+The sqrt(2) gain of each relu is folded into the next layer's generated weight (exact).
 Weights are built once per call (`build_weights`) and then applied to any number of point chunks (`evaluate`).
 """
 from __future__ import annotations
