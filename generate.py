@@ -29,7 +29,7 @@ from dnnlib.util import UserError
 from training.checkpoint import load_network_snapshot
 from training.mesh import extract_mesh, write_ply
 from training.rendering.camera import pose_spherical
-from training.video import check_writable, make_grid, save_image, to_uint8, write_video
+from training.video import check_video_path, check_writable, make_grid, save_image, to_uint8, write_video
 
 DEPTH_SCALE = 1000.0       # 16-bit depth PNG value = camera-z depth in world units x 1000 (millimetres at 1 unit = 1 m).
 DEPTH_MIN_OPACITY = 0.05   # Pixels less opaque than this have no surface: depth 0.
@@ -292,7 +292,7 @@ def interp(network: str, device: str | None, psi: float, ray_chunk: int, seeds: 
     """
     seed_list, cam = parse_seeds(seeds, min_count=2), parse_pose(pose, allow_random=False)
     strip_path = Path(out).with_suffix(".png")
-    check_writable(out, force)
+    check_video_path(out, force)
     check_writable(strip_path, force)
     dev = resolve_device(device)
     G = load_generator(network, dev)
@@ -318,7 +318,7 @@ def render_seed_video(network: str, device: str | None, psi: float, ray_chunk: i
                       fps: float, quality: float, force: bool, azim: torch.Tensor, elev: torch.Tensor) -> None:
     """Grid video of every seed seen from the camera path azim/elev [F] (degrees)."""
     seed_list = parse_seeds(seeds)
-    check_writable(out, force)
+    check_video_path(out, force)
     dev = resolve_device(device)
     G = load_generator(network, dev)
     z, _ = seed_latents(G, seed_list, dev)

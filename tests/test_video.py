@@ -93,6 +93,8 @@ def test_unwritable_target_is_a_user_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="Cannot create the folder"):
         video.write_video(tmp_path / "file" / "v.mp4", _frames(2))
+    with pytest.raises(UserError, match=".mp4"):
+        video.write_video(tmp_path / "v.avi", _frames(2))
     with pytest.raises(UserError, match="is a folder"):
         video.check_writable(tmp_path, force=True)
 

@@ -21,6 +21,7 @@ from PIL import Image
 from dnnlib.util import UserError, atomic_write
 
 MACRO_BLOCK = 16
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".gif")
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -160,6 +161,13 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
+def check_video_path(path: str | os.PathLike, force: bool = False) -> Path:
+    """check_writable plus a container ffmpeg can write H.264 into (.mp4, .mov, .mkv) or .gif."""
+    if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"Cannot write a video to '{path}': end the file name in one of {', '.join(VIDEO_SUFFIXES)}.")
+    return check_writable(path, force)
+
+
 def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float = 30.0, quality: float = 8.0,
                 force: bool = False) -> Path:
     """Write uint8 frames [H, W, 3] as an H.264 MP4 (libx264, yuv420p), or a GIF if ffmpeg is unusable.
@@ -167,7 +175,7 @@ def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: floa
     Frames are padded with white to multiples of 16. Returns the path actually written (`.gif` beside `path` on the
     fallback). An existing output raises UserError unless `force`.
     """
-    path = check_writable(path, force)
+    path = check_video_path(path, force)
     if len(frames) == 0:
         raise ValueError("write_video needs at least one frame")
     frames = [pad_to_multiple(to_uint8(f)[0]) for f in frames]
