@@ -1,4 +1,4 @@
-"""AugmentPipe: crops (every offset, equal to slicing), fixed flips, ADA transforms, ada_update, gradients, persistence."""
+"""AugmentPipe: crops (every offset, = slicing), fixed flips, ADA transforms, ada_update, gradients, persistence."""
 from __future__ import annotations
 
 import math

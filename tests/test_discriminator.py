@@ -25,7 +25,7 @@ def _make(p: int, seed: int = 0, **kwargs) -> Discriminator:
 
 
 @pytest.mark.parametrize("p", [8, 16, 32])
-@pytest.mark.parametrize("mp_dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("mp_dtype", [None, torch.bfloat16, torch.float16])
 def test_output_shape_and_dtype(p: int, mp_dtype: torch.dtype | None):
     D = _make(p)
     assert D.block_resolutions == [2 ** i for i in range(int(math.log2(p)), 2, -1)]
@@ -96,7 +96,8 @@ def _mbstd_naive(x: torch.Tensor, group_size: int) -> torch.Tensor:
     N = x.shape[0]
     G = min(group_size, N)
     n = N // G
-    stds = torch.stack([(x[i::n].var(dim=0, unbiased=False) + 1e-8).sqrt().mean() for i in range(n)])  # group i = samples i mod n
+    # Group i holds the samples i, i + n, i + 2n, ...
+    stds = torch.stack([(x[i::n].var(dim=0, unbiased=False) + 1e-8).sqrt().mean() for i in range(n)])
     return torch.cat([x, stds[torch.arange(N) % n].reshape(N, 1, 1, 1).expand(N, 1, *x.shape[2:])], dim=1)
 
 
@@ -144,7 +145,8 @@ def test_r1_gradient_matches_finite_differences_float64():
     numeric = D((x + eps * u).detach()).sum() - D((x - eps * u).detach()).sum()
     assert torch.allclose((first * u).sum(), numeric / (2 * eps), rtol=1e-6, atol=1e-9)
     (analytic,) = torch.autograd.grad(_r1(D, x), x)
-    numeric = (_r1(D, (x + eps * u).detach().requires_grad_(True)) - _r1(D, (x - eps * u).detach().requires_grad_(True)))
+    shifted = [(x + sign * eps * u).detach().requires_grad_(True) for sign in (1, -1)]
+    numeric = _r1(D, shifted[0]) - _r1(D, shifted[1])
     assert torch.allclose((analytic * u).sum(), numeric / (2 * eps), rtol=1e-5, atol=1e-8)
     # Same along a parameter direction (what the optimiser uses).
     w = D.b8.conv0.weight
