@@ -112,12 +112,13 @@ def _run_network(network: str, names: list[str], data: str | None, device: torch
 def _run_compare(data: str, compare: str, names: list[str], device: torch.device, det: Detector, seed: int,
                  batch: int) -> list[list[Any]]:
     set_a, set_b = _open_dataset(data), _open_dataset(compare)
+    memo = metric_main.new_memo(names)
     rows = []
     for name in names:
         bars = _ProgressBars()
         try:
             r = metric_main.compare_datasets(name, set_a, set_b, device, detector=det, seed=seed, batch_size=batch,
-                                             progress=bars)
+                                             progress=bars, memo=memo)
         finally:
             bars.close()
         rows.append([f"{Path(set_a.path).name} vs {Path(set_b.path).name}", "", name, _format_results(r["results"]),

@@ -129,13 +129,15 @@ def dataset_features(dataset: torch.utils.data.Dataset, detector: Detector, batc
     """
     total = int(getattr(dataset, "num_images", len(dataset)))  # ImageDataset: x-flipped copies (if any) excluded
     count = total if max_items is None else min(max_items, total)
-    kind = "all+meancov" if capture_all else "meancov"
     dataset_hash = getattr(dataset, "dataset_hash", None)
     path = None
     if cache and dataset_hash is not None and detector.sha1 is not None:
-        path = stats_cache_path(dataset_hash, detector, count, kind, getattr(dataset, "name", "data"))
-        if path.is_file():
-            return FeatureStats.load(path, detector.device)
+        name = getattr(dataset, "name", "data")
+        kinds = ["all+meancov"] if capture_all else ["meancov", "all+meancov"]  # raw features also serve mean/cov
+        for kind in kinds:
+            if stats_cache_path(dataset_hash, detector, count, kind, name).is_file():
+                return FeatureStats.load(stats_cache_path(dataset_hash, detector, count, kind, name), detector.device)
+        path = stats_cache_path(dataset_hash, detector, count, kinds[0], name)
     stats = FeatureStats(capture_all=capture_all, max_items=count)
     for images in _image_batches(dataset, count, batch_size):
         stats.append(detector(images))

@@ -81,6 +81,13 @@ def _results(spec: MetricSpec, real: FeatureStats, fake: FeatureStats, seed: int
     return {f"{spec.name}_precision": pr["precision"], f"{spec.name}_recall": pr["recall"]}
 
 
+def new_memo(names: list[str]) -> dict:
+    """A memo for evaluating `names` together: raw features are captured up front where any metric needs them."""
+    specs = [parse_metric(n) for n in names]
+    return {"capture_all": {"real": any(s.needs_features for s in specs),
+                            "fake": {s.num_fake for s in specs if s.needs_features}}}
+
+
 def _memo(memo: dict | None, key: tuple, need_all: bool, compute: Any) -> FeatureStats:
     """Reuse statistics computed earlier in the same evaluation (raw features also serve mean/cov requests)."""
     if memo is not None and key in memo and (memo[key].capture_all or not need_all):
@@ -128,17 +135,24 @@ def calc_metric(name: str, G: torch.nn.Module, dataset: torch.utils.data.Dataset
 
 def compare_datasets(name: str, dataset_a: torch.utils.data.Dataset, dataset_b: torch.utils.data.Dataset,
                      device: torch.device | str, detector: Any = None, seed: int = 0, batch_size: int = 64,
-                     progress: ProgressFn | None = None, cache: bool = True) -> dict[str, Any]:
-    """Metric between two image sets (noise floors): all of A as reals vs the first min(N, len(B)) of B as fakes."""
+                     progress: ProgressFn | None = None, cache: bool = True,
+                     memo: dict | None = None) -> dict[str, Any]:
+    """Metric between two image sets (noise floors): all of A as reals vs the first min(N, len(B)) of B as fakes.
+
+    `memo` as in calc_metric (e.g. new_memo(names)) shares features between several metrics.
+    """
     t0 = time.time()
     spec = parse_metric(name)
     device = torch.device(device)
     det = get_detector(detector, device)
-    need = spec.needs_features
-    real = dataset_features(dataset_a, det, batch_size=batch_size, capture_all=need, cache=cache,
-                            progress=progress, label="set A")
-    fake = dataset_features(dataset_b, det, batch_size=batch_size, max_items=spec.num_fake, capture_all=need,
-                            cache=cache, progress=progress, label="set B")
+    plan = (memo or {}).get("capture_all", {})
+    need_a = spec.needs_features or plan.get("real", False)
+    need_b = spec.needs_features or spec.num_fake in plan.get("fake", ())
+    real = _memo(memo, ("a", id(dataset_a)), need_a, lambda: dataset_features(
+        dataset_a, det, batch_size=batch_size, capture_all=need_a, cache=cache, progress=progress, label="set A"))
+    fake = _memo(memo, ("b", id(dataset_b), spec.num_fake), need_b, lambda: dataset_features(
+        dataset_b, det, batch_size=batch_size, max_items=spec.num_fake, capture_all=need_b, cache=cache,
+        progress=progress, label="set B"))
     return _record(spec, _results(spec, real, fake, seed, device), real, fake, det, seed, t0)
 
 
@@ -181,9 +195,7 @@ def evaluate_snapshot_metrics(metrics: list[str], G_ema: torch.nn.Module, datase
     """
     names = parse_metric_list(metrics)
     det = get_detector(detector, device)
-    specs = [parse_metric(n) for n in names]
-    memo: dict = {"capture_all": {"real": any(s.needs_features for s in specs),
-                                  "fake": {s.num_fake for s in specs if s.needs_features}}}
+    memo = new_memo(names)
     out = {}
     for name in names:
         res = calc_metric(name, G_ema, dataset, device, detector=det, seed=seed, batch_size=batch_size,

@@ -282,6 +282,20 @@ def test_compare_datasets_floor(tmp_path, monkeypatch):
     assert abs(same["results"]["fid1k_full"]) < 1e-9 and same["n_real"] == same["n_fake"] == 120
     floor = metric_main.compare_datasets("fid1k_full", a, b, "cpu", detector=det)
     assert floor["n_fake"] == 150 and floor["results"]["fid1k_full"] > 0
+    det2, memo = CountingDetector(), metric_main.new_memo(["fid1k_full", "kid1k_full"])
+    for name in ("fid1k_full", "kid1k_full"):
+        metric_main.compare_datasets(name, a, b, "cpu", detector=det2, cache=False, memo=memo)
+    assert det2.images_seen == 120 + 150  # one pass per set serves both metrics
+
+
+def test_raw_feature_cache_serves_mean_cov(tmp_path, monkeypatch):
+    monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path))
+    data, det = ToyDataset(50, seed=9), CountingDetector()
+    from metrics.feature_stats import dataset_features
+    full = dataset_features(data, det, capture_all=True)
+    again = dataset_features(data, det, capture_all=False)
+    assert det.images_seen == 50
+    torch.testing.assert_close(again.get_mean_cov()[1], full.get_mean_cov()[1])
 
 
 def test_evaluate_snapshot_metrics_appends_jsonl(tmp_path, monkeypatch):
