@@ -276,7 +276,8 @@ def interp_schedule(frames: int, cam: tuple[float, float], orbit: bool) -> tuple
 @video_options
 @click.option("--frames", type=click.IntRange(min=2), default=120, show_default=True, help="Video length in frames.")
 @click.option("--space", type=click.Choice(["z", "w"]), default="z", show_default=True, help="Interpolate z or w.")
-@click.option("--method", type=click.Choice(["lerp", "slerp"]), default="lerp", show_default=True)
+@click.option("--method", type=click.Choice(["lerp", "slerp"]), default="lerp", show_default=True,
+              help="Linear or spherical (great-circle) interpolation.")
 @click.option("--orbit", is_flag=True, help="Turn the camera once around the objects during the video.")
 @click.option("--pose", type=str, default="30,30", show_default=True, help="Camera: 'front' or 'AZ,EL' in degrees.")
 @click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True,
