@@ -1,0 +1,174 @@
+"""train.py end to end on the CPU: dry-run for every preset, smoke run outputs, exact resume, signals, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import train
+from dnnlib.util import run_cli
+from training.config import list_presets
+from training.state import load_training_state
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = ["--cfg", "smoke", "--set", "grid_w=2", "--set", "grid_h=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A folder of 12 random 32x32 PNGs (fast to make, no synthetic renderer needed)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return str(root)
+
+
+def cli(args, capsys=None):
+    """Run train.py in-process; returns (exit code, stdout, stderr)."""
+    try:
+        run_cli(train.main)(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return code, out, err
+
+
+def only_run_dir(outdir):
+    dirs = [d for d in Path(outdir).iterdir() if d.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_dry_run_every_preset(preset, capsys, tmp_path):
+    code, out, err = cli(["--outdir", str(tmp_path), "--cfg", preset, "--data", "/does/not/matter", "--dry-run"],
+                         capsys)
+    assert code == 0, err
+    assert "G total" in out and "D total" in out and '"patch_size"' in out
+    if preset in ("carla", "planes"):
+        assert "1,498,658" in out
+    if preset in ("cars", "chairs"):
+        assert "2,975,000" in out
+    assert not any(tmp_path.iterdir())           # nothing written, data untouched
+
+
+def test_smoke_run_writes_everything(tiny_data, tmp_path, capsys):
+    code, out, err = cli(["--outdir", str(tmp_path), *SMOKE, "--data", tiny_data, "--kimg", "0.02"], capsys)
+    assert code == 0, err
+    run_dir = only_run_dir(tmp_path)
+    for name in ("log.txt", "training_options.json", "stats.jsonl", "reals.png", "fakes_init.png",
+                 "fakes000000.png", "network-snapshot-000000.pkl", "training-state-000000.pt"):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert "tick 1" in (run_dir / "log.txt").read_text() and "Training options" in (run_dir / "log.txt").read_text()
+    options = json.loads((run_dir / "training_options.json").read_text())
+    assert options["config"]["kimg"] == 0.02 and options["presets"] == ["smoke"]
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert "Loss/G/loss" in stats[-1] and "Loss/D/loss" in stats[-1] and "Loss/r1_penalty" in stats[-1]
+    state = load_training_state(run_dir / "training-state-000000.pt")   # weights_only=True
+    assert state["counters"]["cur_nimg"] == 20 and state["counters"]["batch_idx"] == 5
+    from training.checkpoint import load_network_snapshot
+    snap = load_network_snapshot(run_dir / "network-snapshot-000000.pkl")
+    assert snap.training_set_kwargs["data"] == tiny_data and snap.config["patch_size"] == 16
+    # A second run never reuses the first directory.
+    code, _, err = cli(["--outdir", str(tmp_path), *SMOKE, "--data", tiny_data, "--kimg", "0.004"], capsys)
+    assert code == 0, err
+    assert sorted(d.name[:5] for d in tmp_path.iterdir()) == ["00000", "00001"]
+
+
+def _final_state(run_dir):
+    states = sorted(Path(run_dir).glob("training-state-*.pt"))
+    return load_training_state(states[-1])
+
+
+def test_resume_is_exact_under_deterministic(tiny_data, tmp_path, capsys):
+    """8 steps straight == 4 steps + --resume auto + 4 steps (G_ema, D, ADA p, counters), with R1 and ADA active."""
+    common = [*SMOKE, "--data", tiny_data, "--deterministic", "--aug", "ada", "--set", "ada_kimg=0.05",
+              "--set", "ada_interval=2", "--set", "d_reg_interval=3", "--set", "kimg_per_tick=0.016"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert cli(["--outdir", str(straight), *common, "--kimg", "0.032"], capsys)[0] == 0
+    assert cli(["--outdir", str(split), *common, "--kimg", "0.016"], capsys)[0] == 0
+    half = _final_state(only_run_dir(split))
+    code, out, err = cli(["--outdir", str(split), *common, "--kimg", "0.032", "--resume", "auto"], capsys)
+    assert code == 0, err
+    assert "Resuming from" in out and "starting at kimg 0.016" in out
+    a, b = _final_state(only_run_dir(straight)), _final_state(only_run_dir(split))
+    assert a["counters"] == b["counters"] == {"cur_nimg": 32, "cur_tick": 2, "batch_idx": 8}
+    assert half["augment_pipe"]["p"] != 0                       # ADA moved p before the resume ...
+    torch.testing.assert_close(a["augment_pipe"]["p"], b["augment_pipe"]["p"], rtol=0, atol=1e-7)  # ... and it continued
+    for key in ("G_ema", "D"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=0, atol=1e-6, msg=f"{key}.{name}")
+    lines = (only_run_dir(split) / "stats.jsonl").read_text().splitlines()
+    kimgs = [json.loads(line)["Progress/kimg"]["mean"] for line in lines]
+    assert kimgs == sorted(kimgs) and kimgs[-1] == 0.032         # the curves continue in the same file
+
+
+def test_resume_path_starts_new_run_dir(tiny_data, tmp_path, capsys):
+    assert cli(["--outdir", str(tmp_path), *SMOKE, "--data", tiny_data, "--kimg", "0.008"], capsys)[0] == 0
+    state = next(only_run_dir(tmp_path).glob("training-state-*.pt"))
+    code, out, err = cli(["--outdir", str(tmp_path), *SMOKE, "--data", tiny_data, "--kimg", "0.012",
+                          "--resume", str(state)], capsys)
+    assert code == 0, err
+    dirs = sorted(d for d in tmp_path.iterdir() if d.is_dir())
+    assert len(dirs) == 2 and _final_state(dirs[1])["counters"]["cur_nimg"] == 12
+
+
+@pytest.mark.parametrize("case", ["missing_data", "unknown_preset", "unknown_key", "patch_gt_res", "corrupt_data",
+                                  "resume_nothing"])
+def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.zip"
+    with zipfile.ZipFile(corrupt, "w") as zf:
+        zf.writestr("img0.png", b"this is not a png")
+    args = {
+        "missing_data": ["--cfg", "smoke", "--data", str(tmp_path / "nope.zip")],
+        "unknown_preset": ["--cfg", "smoke,bogus", "--data", tiny_data],
+        "unknown_key": ["--cfg", "smoke", "--data", tiny_data, "--set", "bogus_key=1"],
+        "patch_gt_res": ["--cfg", "smoke", "--data", tiny_data, "--set", "patch_size=64"],
+        "corrupt_data": ["--cfg", "smoke", "--data", str(corrupt)],
+        "resume_nothing": ["--cfg", "smoke", "--data", tiny_data, "--resume", "auto"],
+    }[case]
+    outdir = tmp_path / "runs"
+    code, out, err = cli(["--outdir", str(outdir), *args, "--kimg", "0.004"], capsys)
+    assert code == 1
+    assert err.startswith("Error: ") and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert not outdir.exists() or not any(d.is_dir() for d in outdir.iterdir())   # no half-made run directory
+
+
+def test_subprocess_error_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--outdir", str(tmp_path), "--cfg", "nope",
+                           "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Unknown preset 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_writes_state_and_exits_cleanly(tiny_data, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--outdir", str(tmp_path), *SMOKE,
+                             "--data", tiny_data, "--kimg", "100"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=REPO)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            run_dirs = [d for d in tmp_path.iterdir() if d.is_dir()]
+            if run_dirs and (run_dirs[0] / "fakes_init.png").exists():
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "Received signal" in out
+    state = _final_state(only_run_dir(tmp_path))
+    assert state["counters"]["cur_nimg"] > 0 and state["counters"]["cur_nimg"] % 4 == 0
