@@ -142,7 +142,8 @@ class TorchScriptDetector(Detector):
                             f"{exc}). Reinstall the official one with `{INSTALL_HINT}`.") from exc
         self.module = module.eval()
         # A custom network may declare its own square input size (an int attribute `input_size`); default 299.
-        self.input_size = int(getattr(self.module, "input_size", INPUT_SIZE))
+        official = self.sha1 == DETECTOR_SHA1
+        self.input_size = INPUT_SIZE if official else int(getattr(self.module, "input_size", INPUT_SIZE))
         self.resize = RESIZE_MODE if self.input_size == INPUT_SIZE else f"nv_bilinear_float_{self.input_size}"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
