@@ -148,15 +148,15 @@ def cast(arrays: dict[str, np.ndarray], c2w: np.ndarray, dirs: tuple[np.ndarray,
 
 
 def hit_normals(arrays: dict[str, np.ndarray], c2w: np.ndarray, dirs: tuple[np.ndarray, ...], t: np.ndarray,
-                idx: np.ndarray) -> np.ndarray:
-    """World-space unit normals [S, S, 3] at the hit points (zeros on background)."""
-    normals = np.zeros(idx.shape + (3,), np.float64)
-    origin = c2w[:3, 3]
-    for k in np.unique(idx[idx >= 0]):
-        mask = idx == k
-        tk = t[mask].astype(np.float64)
-        p = origin + np.stack([comp[mask].astype(np.float64) for comp in dirs], 1) * tk[:, None]   # [M, 3] world
+                idx: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """World-space unit normals [M, 3] (float64) at the M hit samples selected by the boolean mask hit [S, S]."""
+    hk = idx[hit]                                                                                 # [M]
+    tk = t[hit].astype(np.float64)
+    p = c2w[:3, 3] + np.stack([comp[hit].astype(np.float64) for comp in dirs], 1) * tk[:, None]   # [M, 3] world
+    normals = np.zeros_like(p)
+    for k in np.unique(hk):
+        sel = hk == k
         R = arrays["rot"][k]
-        local = (p - arrays["center"][k]) @ R                                                     # [M, 3] local
-        normals[mask] = local_normals(int(arrays["kind"][k]), local, arrays["size"][k]) @ R.T
+        local = (p[sel] - arrays["center"][k]) @ R                                                # [m, 3] local
+        normals[sel] = local_normals(int(arrays["kind"][k]), local, arrays["size"][k]) @ R.T
     return normals

@@ -34,13 +34,18 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1.0 / 2.4) - 0.055)
 
 
-def shade(normals: np.ndarray, albedo_srgb: np.ndarray) -> np.ndarray:
-    """Shaded sRGB colour [..., 3] in [0, 1] for world normals [..., 3] and display albedo [..., 3]."""
+def shade_linear(normals: np.ndarray, albedo_lin: np.ndarray) -> np.ndarray:
+    """Linear-light colour [..., 3] (unclipped) for world normals [..., 3] and linear albedo [..., 3]."""
     n = normals
     key = n[..., 0] * LIGHT_KEY[0] + n[..., 1] * LIGHT_KEY[1] + n[..., 2] * LIGHT_KEY[2]
     fill = n[..., 0] * LIGHT_FILL[0] + n[..., 1] * LIGHT_FILL[1] + n[..., 2] * LIGHT_FILL[2]
     light = K_AMBIENT * (0.5 + 0.5 * n[..., 2]) + K_KEY * np.maximum(key, 0.0) + K_FILL * np.maximum(fill, 0.0)
-    return linear_to_srgb(srgb_to_linear(albedo_srgb) * light[..., None])
+    return albedo_lin * light[..., None]
+
+
+def shade(normals: np.ndarray, albedo_srgb: np.ndarray) -> np.ndarray:
+    """Shaded sRGB colour [..., 3] in [0, 1] for world normals [..., 3] and display (sRGB) albedo [..., 3]."""
+    return linear_to_srgb(shade_linear(normals, srgb_to_linear(albedo_srgb)))
 
 
 def sample_pose(seed: int, idx: int, azim_range_deg: tuple[float, float] = (-180.0, 180.0),
@@ -97,17 +102,18 @@ def render_object(obj: ObjectSpec, c2w: np.ndarray, resolution: int, ss: int = 2
     focal = camera.focal_length(resolution, fov_x_rad)
     t, idx = raycast.cast(arrays, c2w, dirs, focal, resolution, su, sv)                            # [S, S]
     hit = idx >= 0
-    normals = raycast.hit_normals(arrays, c2w, dirs, t, idx)                                       # [S, S, 3]
-    albedo = np.where(hit[..., None], arrays["albedo"][np.maximum(idx, 0)], 1.0)
-    color = np.where(hit[..., None], shade(normals, albedo), 1.0)                                  # [S, S, 3]
+    n_hit = raycast.hit_normals(arrays, c2w, dirs, t, idx, hit)                                    # [M, 3]
+    color = np.ones(idx.shape + (3,), np.float64)                                                  # [S, S, 3]
+    color[hit] = linear_to_srgb(shade_linear(n_hit, srgb_to_linear(arrays["albedo"])[idx[hit]]))
     image = np.floor(_block_mean(color, ss) * 255.0 + 0.5).clip(0, 255).astype(np.uint8)          # [H, W, 3]
-    cover = hit.astype(np.float64)
-    alpha = _block_mean(cover, ss)
+    alpha = _block_mean(hit.astype(np.float64), ss)
     depth_sum = _block_mean(np.where(hit, t, 0.0).astype(np.float64), ss)
     with np.errstate(invalid="ignore", divide="ignore"):
         depth = np.where(alpha > 0, depth_sum / alpha, np.inf)
+    normals = np.zeros(idx.shape + (3,), np.float32)                                               # [S, S, 3]
+    normals[hit] = n_hit
     nsum = _block_mean(normals, ss)
-    nlen = np.linalg.norm(nsum, axis=-1, keepdims=True)
+    nlen = np.sqrt((nsum * nsum).sum(-1, keepdims=True))
     normal = np.where(nlen > 0, nsum / np.maximum(nlen, 1e-12), 0.0)
     return {"image": image, "alpha": alpha.astype(np.float32), "depth": depth.astype(np.float32),
             "normal": normal.astype(np.float32), "part": _nearest_part(t, idx, arrays["part"], ss)}
