@@ -92,3 +92,16 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(t)
     return t
+
+
+def all_reduce_mean_buffers(module: torch.nn.Module) -> None:
+    """Average the floating-point buffers of `module` over ranks (e.g. G's tracked w_avg), one flat all-reduce."""
+    if not is_initialized():
+        return
+    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = torch.cat([b.flatten() for b in bufs])
+    dist.all_reduce(flat)
+    flat.div_(get_world_size())
+    torch._foreach_copy_(bufs, [c.view_as(b) for c, b in zip(flat.split([b.numel() for b in bufs]), bufs)])

@@ -70,6 +70,8 @@ class TrainStep:
         # Gmain: update G to fool D on fresh fakes.
         self.opt_G.zero_grad(set_to_none=True)
         bad = self._phase(self.loss.gmain(real.shape[0]), self.G_params, self.opt_G, self.guard_G)
+        if self.world > 1:
+            dist_utils.all_reduce_mean_buffers(self.G)   # w_avg tracks the global batch on every rank
 
         # Dmain: logistic loss on fresh fakes and the reals.
         self.opt_D.zero_grad(set_to_none=True)
