@@ -157,3 +157,11 @@ def render_images(family: str, indices: list[int] | np.ndarray, resolution: int,
     return {"images": res["image"], "c2w": c2w, "labels": labels, "alpha": res["alpha"], "depth": res["depth"],
             "normal": res["normal"], "part": res["part"], "objects": [o["obj"] for o in outs],
             "theta_deg": np.array([o["theta_deg"] for o in outs]), "elev_deg": np.array([o["elev_deg"] for o in outs])}
+
+
+def contact_sheet(family: str, rows: int = 4, cols: int = 8, resolution: int = 64, seed: int = 0,
+                  ss: int = 2) -> np.ndarray:
+    """Images 0 .. rows*cols-1 of a family tiled row-major into one uint8 [rows*H, cols*W, 3] picture."""
+    imgs = render_images(family, range(rows * cols), resolution, seed, ss)["images"]             # [N, H, W, 3]
+    grid = imgs.reshape(rows, cols, resolution, resolution, 3).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(rows * resolution, cols * resolution, 3)
