@@ -172,3 +172,49 @@ def test_sigterm_writes_state_and_exits_cleanly(tiny_data, tmp_path):
     assert "Received signal" in out
     state = _final_state(only_run_dir(tmp_path))
     assert state["counters"]["cur_nimg"] > 0 and state["counters"]["cur_nimg"] % 4 == 0
+
+
+def _smoke_step(tiny_data):
+    from training.config import resolve_config
+    from training.phases import TrainStep
+    from training.training_loop import build_networks
+    cfg = resolve_config("smoke", ["max_bad_steps=3"], {"data": tiny_data})
+    nets = build_networks(cfg, 32, torch.device("cpu"))
+    step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
+                     torch.Generator().manual_seed(0))
+    return cfg, nets, step
+
+
+def test_bad_steps_counted_on_device_and_abort(tiny_data):
+    from dnnlib.util import EasyDict
+    from training.training_loop import TrainingDiverged, check_bad_steps
+    cfg, nets, step = _smoke_step(tiny_data)
+    for b in (True, True, False, True, True, True, False):
+        step._count_bad(torch.tensor(b))
+    assert step.read_bad_steps() == (3, 5)
+    assert step.read_bad_steps() == (0, 5)                    # the longest run resets at each check
+    with torch.no_grad():
+        next(nets.D.parameters()).fill_(float("nan"))          # every D gradient becomes NaN
+    reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8)
+    for i in range(3):
+        step(reals, i + 1)
+    assert all(torch.isfinite(p).all() for p in nets.G.parameters())   # sanitised (nan -> 0), never applied
+    run = EasyDict(step=step, cfg=cfg, cur_nimg=12)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps had non-finite gradients"):
+        check_bad_steps(run)
+
+
+@pytest.mark.slow
+def test_acceptance_smoke_synth_chairs(tmp_path, monkeypatch, capsys):
+    """The issue's acceptance command (synthetic set generated into a fresh cache), then --resume auto."""
+    monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["--outdir", str(tmp_path / "R"), "--cfg", "smoke", "--data", "synth:chairs"]
+    code, out, err = cli([*args, "--kimg", "0.2"], capsys)
+    assert code == 0, err
+    run_dir = only_run_dir(tmp_path / "R")
+    assert (run_dir / "network-snapshot-000000.pkl").is_file() and (run_dir / "training-state-000000.pt").is_file()
+    p_saved = _final_state(run_dir)["augment_pipe"]["p"]
+    code, out, err = cli([*args, "--kimg", "0.25", "--resume", "auto"], capsys)
+    assert code == 0, err
+    assert "starting at kimg 0.200" in out and "augment 0.500" in out
+    assert _final_state(run_dir)["augment_pipe"]["p"] == p_saved

@@ -211,6 +211,9 @@ def save_checkpoints(run: EasyDict, snapshot: bool = True) -> None:
     if run.rank != 0:
         return
     name = state_io.snapshot_name(run.cur_nimg)
+    if (run.run_dir / f"training-state-{name}.pt").exists():
+        print(f"Note: replacing the kimg-{name} snapshot/state of this run with the newer one at kimg "
+              f"{run.cur_nimg / 1000:.3f} (file names count whole kimg).", flush=True)
     if snapshot:
         save_network_snapshot(run.run_dir / f"network-snapshot-{name}.pkl", G=run.G, G_ema=run.G_ema, D=run.D,
                               augment_pipe=run.augment_pipe, training_set_kwargs=run.training_set_kwargs,
