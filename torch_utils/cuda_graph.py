@@ -5,7 +5,8 @@
 (parameters, optimiser moments, statistics accumulators, counters) without host syncs. The first `warmup` calls run
 eagerly on a side stream (they are real steps); the next call captures the graph and replays it, so every call
 performs exactly one step. Requirements on `fn`: static shapes, no .item()/boolean masks, randomness from the
-default CUDA generator (graph-safe: each replay advances its Philox offset), optimisers with capturable=True and
+default CUDA generator or from CUDA generators passed in `generators` (registered with the graph, so each
+replay advances their Philox offsets), optimisers with capturable=True and
 gradients zeroed with set_to_none=False. On CPU, or with enabled=False, `StepGraph` simply calls `fn`.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ class StepGraph:
     """Capture `fn` as a CUDA graph after `warmup` eager calls; replay it afterwards."""
 
     def __init__(self, fn: Callable[[], Any], device: torch.device | str, warmup: int = 3, enabled: bool = True,
-                 pool: Any = None) -> None:
+                 pool: Any = None, generators: list[torch.Generator] | tuple = ()) -> None:
         self.fn = fn
         self.device = torch.device(device)
         self.enabled = bool(enabled) and self.device.type == "cuda"
@@ -28,6 +29,7 @@ class StepGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
         self.output: Any = None
+        self.generators = [g for g in generators if g.device.type == "cuda"]
 
     @property
     def captured(self) -> bool:
@@ -47,6 +49,8 @@ class StepGraph:
         if self.graph is None:
             torch.cuda.synchronize(self.device)
             self.graph = torch.cuda.CUDAGraph()
+            for gen in self.generators:  # Explicit CUDA generators must be registered to advance on each replay.
+                self.graph.register_generator_state(gen)
             with torch.cuda.graph(self.graph, pool=self.pool):
                 self.output = self.fn()
         self.graph.replay()

@@ -1,0 +1,309 @@
+"""Training / rendering / FID-1k speed benchmark with correctness gates, side by side in one process (CUDA only).
+
+    python bench/train_speed.py --out bench_out [--sections t4,standard,render,fid] [--detector PATH]
+
+Variants per setting (identical initial weights and seeds):
+  naive    the reference's structure (bench/naive.py): per-object loop, CPU rays + encoding, per-point matmul, fp32 G
+  default  our eager TrainStep (precision auto: bf16 on sm_80+)
+  fast     our GraphedTrainStep: reals on the device + one CUDA graph per phase pattern (bf16)
+  fast16   the same forced to fp16 with dynamic loss scaling (the T4 path)
+Gates run before timing: batched G == naive G (fp32), bf16/fp16 images close to fp32 with aligned G gradients,
+graphed steps == eager steps. Memory is capped (default 14.5 GiB, a T4's allocatable memory) to emulate a T4.
+Writes bench.json after every section (partial results survive a timeout) and prints a table. Never run in CI.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.naive import naive_render, naive_run_G  # noqa: E402
+from training.config import resolve_config  # noqa: E402
+from training.fast_step import DeviceImageCache, GraphedTrainStep  # noqa: E402
+from training.phases import TrainStep  # noqa: E402
+from training.training_loop import build_networks, configure_torch  # noqa: E402
+
+RESULTS: dict = {"sections": {}}
+
+
+def save(out: Path) -> None:
+    (out / "bench.json").write_text(json.dumps(RESULTS, indent=2, default=str))
+
+
+class RandomImages:
+    """Stand-in dataset: N random uint8 images (data loading is excluded from the timings, as in PERF.md §5)."""
+
+    def __init__(self, n: int, res: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, [n, 3, res, res], generator=g, dtype=torch.uint8)
+        self.image_shape, self.xflip, self._raw_len = (3, res, res), False, n
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i].numpy(), None
+
+
+def make_cfg(presets: str, precision: str, batch: int = 4):
+    return resolve_config(presets, sets=[f"precision={precision}", f"batch={batch}", "aug=fixed"])
+
+
+def make_step(cfg, device, res=128, seed=0):
+    configure_torch(cfg, device)
+    nets = build_networks(cfg, res, device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, device, gen)
+    return nets, step
+
+
+def cuda_time(fn, steps: int) -> float:
+    """Seconds per call (CUDA events around `steps` calls)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(steps):
+        fn(i)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000 / steps
+
+
+def run_variant(name: str, presets: str, precision: str, device, data, steps: int, graphed: bool,
+                naive: bool = False) -> dict:
+    torch.cuda.empty_cache()
+    cfg = make_cfg(presets, "fp32" if naive else precision)
+    nets, step = make_step(cfg, device)
+    if naive:
+        step.loss.run_G = lambda n, update_w_avg=False: naive_run_G(step.loss, n, update_w_avg)
+        step.loss.d_dtype = torch.float16           # the reference D runs its conv blocks in fp16
+    cache = DeviceImageCache(data, device) if graphed else None
+    wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache, enabled=graphed)
+    idx_gen = torch.Generator(device=device).manual_seed(1)
+    host_reals = data.images[:cfg.batch].to(device)
+
+    def one(i: int) -> None:
+        if graphed:
+            wrapped(torch.randint(0, len(data), [cfg.batch], generator=idx_gen, device=device), i)
+        else:
+            wrapped(host_reals, i)
+
+    warm = 3 if naive else 20
+    for i in range(warm):
+        one(i)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    sec = cuda_time(lambda i: one(warm + i), steps)
+    host = time.perf_counter() - t0
+    res = {"variant": name, "precision": step.precision, "graphed": graphed, "steps": steps,
+           "ms_per_step": sec * 1e3, "img_per_s": cfg.batch / sec, "s_per_kimg": sec * 1000 / cfg.batch,
+           "peak_alloc_gb": torch.cuda.max_memory_allocated() / 2**30,
+           "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2**30, "wall_s": host}
+    if not naive and not graphed:
+        res["phase_ms"] = phase_times(step, host_reals, cfg)
+    del wrapped, step, nets
+    return res
+
+
+def phase_times(step: TrainStep, reals: torch.Tensor, cfg, reps: int = 20) -> dict:
+    real = reals.float() / 127.5 - 1
+    b = real.shape[0]
+
+    def gmain(_):
+        step.opt_G.zero_grad(set_to_none=True)
+        step._phase(step.loss.gmain(b), step.G_params, step.opt_G, step.guard_G)
+
+    def dmain(_):
+        step.opt_D.zero_grad(set_to_none=True)
+        step._phase(step.loss.dmain(real)[0], step.D_params, step.opt_D, step.guard_D)
+
+    def dreg(_):
+        step.opt_D.zero_grad(set_to_none=True)
+        step._phase(step.loss.dreg(real, cfg.d_reg_interval), step.D_params, step.opt_D, step.guard_D)
+
+    from training.loss import ema_beta, update_ema
+
+    def ema(_):
+        update_ema(step.G_ema, step.G, ema_beta(cfg.batch, step.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
+
+    return {k: cuda_time(f, reps) * 1e3 for k, f in (("Gmain", gmain), ("Dmain", dmain), ("Dreg", dreg),
+                                                      ("EMA", ema))}
+
+
+def gate_images(presets: str, device) -> dict:
+    """Same weights, poses, windows: naive fp32 vs batched fp32 / bf16 / fp16; G-gradient cosine for 16-bit."""
+    cfg = make_cfg(presets, "fp32")
+    nets, _ = make_step(cfg, device)
+    G = nets.G
+    g = torch.Generator(device=device).manual_seed(123)
+    z = G.sample_z(4, generator=g)
+    c2w = G.sample_poses(4, generator=g)
+    win = G.sample_windows(4, cfg.patch_size, generator=g)
+    ref = G(z, c2w, window=win, patch_size=cfg.patch_size)
+    with torch.no_grad():
+        naive = naive_render(G, z, c2w, win, cfg.patch_size)
+    out = {"naive_vs_batched_max_abs": (naive - ref).abs().max().item()}
+    weight = torch.randn_like(ref)
+    grads32 = torch.autograd.grad((ref * weight).sum(), list(G.parameters()))
+    flat32 = torch.cat([x.flatten() for x in grads32])
+    for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with torch.autocast("cuda", dtype=dt):
+            img = G(z, c2w, window=win, patch_size=cfg.patch_size)
+        grads = torch.autograd.grad((img.float() * weight).sum(), list(G.parameters()))
+        flat = torch.cat([x.flatten() for x in grads])
+        out[f"{name}_rel_l2"] = ((img.float() - ref).norm() / ref.norm()).item()
+        out[f"{name}_grad_cos"] = torch.nn.functional.cosine_similarity(flat, flat32, dim=0).item()
+    out["pass"] = (out["naive_vs_batched_max_abs"] <= 1e-4 and all(out[f"{n}_rel_l2"] <= 1e-2 and
+                                                                    out[f"{n}_grad_cos"] >= 0.999 for n in ("bf16", "fp16")))
+    return out
+
+
+def gate_graph(presets: str, device, data, steps: int = 24) -> dict:
+    """Eager steps vs graphed steps from identical state and RNG (fp32): max relative G/D parameter difference."""
+    finals = []
+    for graphed in (False, True):
+        cfg = make_cfg(presets, "fp32")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        nets, step = make_step(cfg, device)
+        torch.backends.cudnn.benchmark = False
+        cache = DeviceImageCache(data, device)
+        wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache, enabled=graphed)
+        idx = torch.arange(steps * cfg.batch, device=device).view(steps, cfg.batch) % len(data)
+        for i in range(steps):
+            wrapped(idx[i], i)
+        torch.cuda.synchronize()
+        finals.append([p.detach().clone() for p in list(nets.G.parameters()) + list(nets.D.parameters())])
+    torch.backends.cudnn.deterministic = False
+    diff = max(((a - b).norm() / (b.norm() + 1e-12)).item() for a, b in zip(*finals))
+    return {"steps": steps, "max_rel_param_diff": diff, "pass": diff <= 1e-4}
+
+
+@torch.no_grad()
+def render_speed(device, presets: str, batch: int, chunk: int, reps: int, dtype) -> dict:
+    cfg = make_cfg(presets, "fp32")
+    nets, _ = make_step(cfg, device)
+    G = nets.G_ema
+    g = torch.Generator(device=device).manual_seed(0)
+    z, c2w = G.sample_z(batch, generator=g), G.sample_poses(batch, generator=g)
+
+    def one(_):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            G.synthesis(G.mapping(z), c2w, ray_chunk=chunk)
+    one(0)
+    torch.cuda.reset_peak_memory_stats()
+    sec = cuda_time(one, reps)
+    return {"batch": batch, "ray_chunk": chunk, "dtype": str(dtype), "images_per_s": batch / sec,
+            "samples_per_s": batch * G.img_resolution ** 2 * G.num_samples / sec,
+            "peak_alloc_gb": torch.cuda.max_memory_allocated() / 2**30}
+
+
+@torch.no_grad()
+def naive_render_speed(device, presets: str, n: int) -> dict:
+    cfg = make_cfg(presets, "fp32")
+    nets, _ = make_step(cfg, device)
+    G = nets.G_ema
+    z, c2w = G.sample_z(n, device=device), G.sample_poses(n, device=device)
+    sec = cuda_time(lambda i: naive_render(G, z[i:i + 1], c2w[i:i + 1]), n)
+    return {"images_per_s": 1 / sec}
+
+
+def fid_speed(device, presets: str, detector) -> dict:
+    from metrics.feature_stats import FeatureStats, dataset_features  # noqa: F401
+    from metrics.metric_main import calc_metric
+    cfg = make_cfg(presets, "fp32")
+    nets, _ = make_step(cfg, device)
+    data = RandomImages(1000, 128)
+    data.resolution, data.dataset_hash, data.name = 128, "bench-random-1000", "bench"
+    t0 = time.perf_counter()
+    cold = calc_metric("fid1k_full", nets.G_ema, data, device, detector=detector, batch_size=64, cache=True)
+    t1 = time.perf_counter()
+    warm = calc_metric("fid1k_full", nets.G_ema, data, device, detector=detector, batch_size=64, cache=True)
+    t2 = time.perf_counter()
+    return {"cold_s": t1 - t0, "warm_s": t2 - t1, "fid": warm["results"], "detector": warm["detector"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--sections", default="gates,t4,standard,render,fid")
+    ap.add_argument("--cap-gib", type=float, default=14.5)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--naive-steps", type=int, default=8)
+    ap.add_argument("--detector", default=None)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total))
+    RESULTS.update(gpu=torch.cuda.get_device_name(device), torch=torch.__version__, cap_gib=args.cap_gib,
+                   date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
+    sections = args.sections.split(",")
+    data = RandomImages(512, 128)
+    t4, std = "carla,t4", "cars,standard"
+    if "gates" in sections:
+        RESULTS["sections"]["gates"] = {"t4_images": gate_images(t4, device), "std_images": gate_images(std, device),
+                                        "t4_graph": gate_graph(t4, device, data)}
+        print(json.dumps(RESULTS["sections"]["gates"], indent=1), flush=True)
+        save(out)
+    for sec_name, presets in (("t4", t4), ("standard", std)):
+        if sec_name not in sections:
+            continue
+        rows = []
+        variants = [("naive", "fp32", False, True), ("default", "auto", False, False),
+                    ("fast", "auto", True, False), ("fast16", "fp16", True, False)]
+        for name, prec, graphed, naive in variants:
+            steps = args.naive_steps if naive else (args.steps if sec_name == "t4" else max(30, args.steps // 6))
+            try:
+                r = run_variant(name, presets, prec, device, data, steps, graphed, naive)
+            except torch.OutOfMemoryError:
+                r = {"variant": name, "error": f"OOM@{args.cap_gib}GiB"}
+            rows.append(r)
+            print(sec_name, json.dumps(r), flush=True)
+            RESULTS["sections"][sec_name] = rows
+            save(out)
+        base = rows[0].get("img_per_s")
+        for r in rows:
+            if base and "img_per_s" in r:
+                r["x_naive"] = r["img_per_s"] / base
+        save(out)
+    if "render" in sections:
+        rr = {"naive_t4": naive_render_speed(device, "carla,t4", 4)}
+        for b, ch in ((16, None), (64, 65536), (128, 131072)):
+            rr[f"t4_bf16_b{b}"] = render_speed(device, "carla,t4", b, ch, 10, torch.bfloat16)
+        rr["t4_fp32_b64"] = render_speed(device, "carla,t4", 64, 65536, 5, None)
+        rr["std_bf16_b32"] = render_speed(device, "cars,standard", 32, 65536, 5, torch.bfloat16)
+        RESULTS["sections"]["render"] = rr
+        print(json.dumps(rr, indent=1), flush=True)
+        save(out)
+    if "fid" in sections:
+        RESULTS["sections"]["fid"] = fid_speed(device, "carla,t4", args.detector)
+        print(json.dumps(RESULTS["sections"]["fid"], indent=1), flush=True)
+        save(out)
+    print_table()
+
+
+def print_table() -> None:
+    print(f"\n{RESULTS['gpu']}  torch {RESULTS['torch']}  cap {RESULTS['cap_gib']} GiB  {RESULTS['date']}")
+    for sec in ("t4", "standard"):
+        for r in RESULTS["sections"].get(sec, []):
+            if "img_per_s" in r:
+                print(f"{sec:9s} {r['variant']:8s} {r['precision']:5s} {r['img_per_s']:9.1f} img/s "
+                      f"{r['s_per_kimg']:8.2f} s/kimg  x{r.get('x_naive', float('nan')):7.1f}  "
+                      f"peak {r['peak_alloc_gb']:.2f} GB  {r.get('phase_ms', '')}")
+            else:
+                print(f"{sec:9s} {r['variant']:8s} {r.get('error')}")
+
+
+if __name__ == "__main__":
+    main()
