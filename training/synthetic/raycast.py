@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synthetic.shapes import BOX, CYLINDER, ELLIPSOID
+from training.synthetic.shapes import BOX, ELLIPSOID
 
 _BOX_CORNERS = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], np.float64)
 

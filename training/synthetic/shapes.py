@@ -40,6 +40,10 @@ TYRE = (0.08, 0.08, 0.08)
 RIM = (0.7, 0.7, 0.7)
 
 
+def _rounded(values: np.ndarray) -> list[float]:
+    return [round(float(x), 7) for x in values]
+
+
 @dataclass
 class Primitive:
     """One oriented convex primitive. center [3], rot [3, 3] (local -> world), size [3], albedo [3] (sRGB)."""
@@ -51,9 +55,9 @@ class Primitive:
     part: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": KINDS[self.kind], "center": [float(x) for x in self.center],
-                "rot": [[float(x) for x in row] for row in self.rot], "size": [float(x) for x in self.size],
-                "albedo": [float(x) for x in self.albedo], "part": int(self.part)}
+        """JSON record with numbers rounded to 1e-7 (far below the float32 precision of the renderer)."""
+        return {"kind": KINDS[self.kind], "center": _rounded(self.center), "rot": [_rounded(r) for r in self.rot],
+                "size": _rounded(self.size), "albedo": _rounded(self.albedo), "part": int(self.part)}
 
 
 @dataclass
@@ -363,7 +367,10 @@ def _chair_back(b: _Builder, rng: np.random.Generator, p: dict[str, float], seat
     t = rng.uniform(0.035, 0.07)
     pivot = np.array([-0.5 * d + 0.5 * t, 0.0, top])
     kind = str(rng.choice(["panel", "slats", "frame"], p=[0.45, 0.3, 0.25]))
-    at = lambda x, y, z: pivot + R @ np.array([x, y, z])  # noqa: E731  (local back frame -> object frame)
+
+    def at(x: float, y: float, z: float) -> np.ndarray:
+        return pivot + R @ np.array([x, y, z])  # back frame -> object frame
+
     if kind == "panel":
         b.box(at(0.0, 0.0, 0.5 * hb), (0.5 * t, 0.5 * w, 0.5 * hb), seat_col, 2, rot=R)
         return kind
