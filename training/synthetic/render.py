@@ -150,10 +150,11 @@ def render_images(family: str, indices: list[int] | np.ndarray, resolution: int,
     theta_deg / elev_deg float64 [N].
     """
     outs = [render_index(family, int(i), resolution, seed, ss) for i in indices]
+    if not outs:
+        raise ValueError("render_images needs at least one index")
     c2w = np.stack([o["c2w"] for o in outs]).astype(np.float32).reshape(-1, 4, 4)
     labels = camera.label_from_pose(torch.from_numpy(c2w), resolution).numpy().astype(np.float32)
-    res = {k: np.stack([o[k] for o in outs]) if outs else np.zeros((0,)) for k in
-           ("image", "alpha", "depth", "normal", "part")}
+    res = {k: np.stack([o[k] for o in outs]) for k in ("image", "alpha", "depth", "normal", "part")}
     return {"images": res["image"], "c2w": c2w, "labels": labels, "alpha": res["alpha"], "depth": res["depth"],
             "normal": res["normal"], "part": res["part"], "objects": [o["obj"] for o in outs],
             "theta_deg": np.array([o["theta_deg"] for o in outs]), "elev_deg": np.array([o["elev_deg"] for o in outs])}
