@@ -89,7 +89,8 @@ def _prepare_run_dir(cfg: TrainConfig, cfg_names: list[str], outdir: str, run_di
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the parameter tables, then exit.")
-@click.option("--precision", type=click.Choice(PRECISIONS), help="auto: bf16 on sm_80+, fp16 on T4, fp32 on CPU.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="auto: fp16 (dynamic loss scaling) on CUDA sm_75+ (T4, A100, H100), fp32 on CPU.")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms, workers 0.")
 @click.option("--aug", type=click.Choice(AUG_MODES), help="Augmentation mode.")
 @click.option("--p", "p", type=click.FloatRange(0, 1), help="Augmentation probability (initial p for ada).")

@@ -32,11 +32,16 @@ def main() -> None:
         step(reals, i)
     torch.cuda.synchronize()
     for name, idx in (("plain", 1), ("r1", 16)):
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             step(reals, idx)
             torch.cuda.synchronize()
         print(f"=== {name} step ({args.presets}, {step.precision}) ===")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+        events = [e for e in prof.key_averages(group_by_input_shape=True) if e.device_time_total > 0]
+        events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+        total = sum(e.self_device_time_total for e in events)
+        print(f"total self CUDA time {total / 1e3:.2f} ms")
+        for e in events[:args.rows]:
+            print(f"{e.self_device_time_total / 1e3:8.3f} ms {e.count:5d}x  {e.key[:60]:60s} {str(e.input_shapes)[:90]}")
         if args.out:
             prof.export_chrome_trace(str(Path(args.out) / f"trace_{name}.json"))
 

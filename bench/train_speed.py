@@ -3,10 +3,12 @@
     python bench/train_speed.py --out bench_out [--sections t4,standard,render,fid] [--detector PATH]
 
 Variants per setting (identical initial weights and seeds):
-  naive    the reference's structure (bench/naive.py): per-object loop, CPU rays + encoding, per-point matmul, fp32 G
-  default  our eager TrainStep (precision auto: bf16 on sm_80+)
-  fast     our GraphedTrainStep: reals on the device + one CUDA graph per phase pattern (bf16)
-  fast16   the same forced to fp16 with dynamic loss scaling (the T4 path)
+  naive         the reference's structure (bench/naive.py): per-object loop, CPU rays + encoding, per-point
+                matmul, fp32 G (D in fp16 blocks, as the reference)
+  eager         our batched TrainStep without CUDA graphs (precision auto = fp16 + loss scaling)
+  default       what train.py runs on a GPU: reals on the device + one CUDA graph per phase pattern, fp16
+  default_bf16  the same in bf16
+  default_cl    the same with D in channels_last memory format
 Gates run before timing: batched G == naive G (fp32), bf16/fp16 images close to fp32 with aligned G gradients,
 graphed steps == eager steps. Memory is capped (default 14.5 GiB, a T4's allocatable memory) to emulate a T4.
 Writes bench.json after every section (partial results survive a timeout) and prints a table. Never run in CI.
@@ -45,7 +47,7 @@ class RandomImages:
     def __init__(self, n: int, res: int, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.images = torch.randint(0, 256, [n, 3, res, res], generator=g, dtype=torch.uint8)
-        self.image_shape, self.xflip, self._raw_len = (3, res, res), False, n
+        self.image_shape, self.xflip, self.num_images = (3, res, res), False, n
 
     def __len__(self) -> int:
         return len(self.images)
@@ -54,8 +56,8 @@ class RandomImages:
         return self.images[i].numpy(), None
 
 
-def make_cfg(presets: str, precision: str, batch: int = 4):
-    return resolve_config(presets, sets=[f"precision={precision}", f"batch={batch}", "aug=fixed"])
+def make_cfg(presets: str, precision: str, batch: int = 4, extra: tuple = ()):
+    return resolve_config(presets, sets=[f"precision={precision}", f"batch={batch}", "aug=fixed", *extra])
 
 
 def make_step(cfg, device, res=128, seed=0):
@@ -78,9 +80,9 @@ def cuda_time(fn, steps: int) -> float:
 
 
 def run_variant(name: str, presets: str, precision: str, device, data, steps: int, graphed: bool,
-                naive: bool = False) -> dict:
+                naive: bool = False, extra: tuple = ()) -> dict:
     torch.cuda.empty_cache()
-    cfg = make_cfg(presets, "fp32" if naive else precision)
+    cfg = make_cfg(presets, "fp32" if naive else precision, extra=extra)
     nets, step = make_step(cfg, device)
     if naive:
         step.loss.run_G = lambda n, update_w_avg=False: naive_run_G(step.loss, n, update_w_avg)
@@ -260,12 +262,13 @@ def main() -> None:
         if sec_name not in sections:
             continue
         rows = []
-        variants = [("naive", "fp32", False, True), ("default", "auto", False, False),
-                    ("fast", "auto", True, False), ("fast16", "fp16", True, False)]
-        for name, prec, graphed, naive in variants:
+        variants = [("naive", "fp32", False, True, ()), ("eager", "auto", False, False, ()),
+                    ("default", "auto", True, False, ()), ("default_bf16", "bf16", True, False, ()),
+                    ("default_cl", "auto", True, False, ("d_channels_last=true",))]
+        for name, prec, graphed, naive, extra in variants:
             steps = args.naive_steps if naive else (args.steps if sec_name == "t4" else max(30, args.steps // 6))
             try:
-                r = run_variant(name, presets, prec, device, data, steps, graphed, naive)
+                r = run_variant(name, presets, prec, device, data, steps, graphed, naive, extra)
             except torch.OutOfMemoryError:
                 r = {"variant": name, "error": f"OOM@{args.cap_gib}GiB"}
             rows.append(r)

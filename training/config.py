@@ -40,7 +40,9 @@ class TrainConfig:
     seed: int = 0                        # global seed: weights, data order, z, poses, windows, augmentation
     workers: int = 3                     # DataLoader worker processes
     deterministic: bool = False          # torch.use_deterministic_algorithms + workers 0
-    precision: str = "auto"              # auto | fp32 | fp16 | bf16 (auto: bf16 on sm_80+, fp16 on sm_75, fp32 on CPU)
+    precision: str = "auto"              # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA sm_75+, fp32 on CPU)
+    cuda_graphs: bool = True             # GPU: replay each phase pattern of the step as one CUDA graph (fast path)
+    data_on_gpu_gb: float = 2.0          # GPU + cuda_graphs: keep the reals on the GPU when they fit in this many GB
     # Generator (training/networks/generator.py).
     z_dim: int = 128
     w_dim: int = 128
@@ -67,6 +69,7 @@ class TrainConfig:
     d_conv_clamp: int = 256
     mbstd_group: int = 4
     mbstd_channels: int = 1
+    d_channels_last: bool = False        # run D's conv blocks in NHWC memory format
     # Augmentation (training/augment.py).
     aug: str = "fixed"                   # fixed (crop + x-flip at p) | ada (adaptive p) | noaug (crop only, p = 0)
     p: float | None = None               # augmentation probability; None = 0.5 for fixed, 0 for ada (initial value)

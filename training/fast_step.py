@@ -25,8 +25,7 @@ class DeviceImageCache:
     """
 
     def __init__(self, dataset: Any, device: torch.device | str) -> None:
-        raw = getattr(dataset, "_raw_len", None)
-        n = int(raw) if raw is not None else len(dataset) // (2 if getattr(dataset, "xflip", False) else 1)
+        n = self.distinct_images(dataset)
         first = np.asarray(dataset[0][0])
         images = np.empty((n, *first.shape), dtype=np.uint8)
         for i in range(n):
@@ -36,9 +35,14 @@ class DeviceImageCache:
         self.nbytes = images.nbytes
 
     @staticmethod
+    def distinct_images(dataset: Any) -> int:
+        n = getattr(dataset, "num_images", None)
+        return int(n) if n is not None else len(dataset) // (2 if getattr(dataset, "xflip", False) else 1)
+
+    @staticmethod
     def estimate_bytes(dataset: Any) -> int:
         shape = getattr(dataset, "image_shape", None)
-        n = len(dataset) // (2 if getattr(dataset, "xflip", False) else 1)
+        n = DeviceImageCache.distinct_images(dataset)
         return int(n * int(np.prod(shape))) if shape is not None else 0
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
@@ -67,6 +71,10 @@ class GraphedTrainStep:
                                                                       device=device)
         self.pool = torch.cuda.graph_pool_handle() if self.enabled else None
         self.graphs: dict[tuple[bool, bool], StepGraph] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (precision, state_dict, read_bad_steps, optimisers, ...) is the wrapped step's.
+        return getattr(self.__dict__["step"], name)
 
     def pattern(self, step_idx: int) -> tuple[bool, bool]:
         """Which optional phases run at this step: (lazy R1, ADA update)."""
@@ -112,3 +120,25 @@ def device_index_batches(indices: Any, batch: int, device: torch.device | str, s
         block = torch.from_numpy(chunk).to(device).view(steps_per_upload, batch)   # [steps, batch]
         for row in block:
             yield row
+
+
+def wrap_step_for_speed(step: Any, dataset: Any, cfg: Any, device: torch.device, sampler_indices: Any,
+                        reals_iter_fn: Any) -> tuple[Any, Any, str]:
+    """Choose the step path for a run: returns (step callable, batch iterator, one-line description).
+
+    GPU + cfg.cuda_graphs (and not deterministic): CUDA graphs, with the reals kept on the device when they fit in
+    cfg.data_on_gpu_gb (index batches from `sampler_indices`), else reals from `reals_iter_fn()` copied into a static
+    buffer. Otherwise the eager step with `reals_iter_fn()`.
+    """
+    if device.type != "cuda" or not cfg.cuda_graphs or cfg.deterministic:
+        why = "CPU" if device.type != "cuda" else ("deterministic" if cfg.deterministic else "cuda_graphs=false")
+        return step, reals_iter_fn(), f"eager step ({why})"
+    nbytes = DeviceImageCache.estimate_bytes(dataset)
+    if 0 < nbytes <= cfg.data_on_gpu_gb * 2**30:
+        cache = DeviceImageCache(dataset, device)
+        graphed = GraphedTrainStep(step, cfg.batch_gpu, tuple(dataset.image_shape), device, cache=cache)
+        return graphed, device_index_batches(sampler_indices, cfg.batch_gpu, device), \
+            f"CUDA graphs, {nbytes / 2**20:.0f} MB of reals on the GPU"
+    graphed = GraphedTrainStep(step, cfg.batch_gpu, tuple(dataset.image_shape), device)
+    return graphed, reals_iter_fn(), f"CUDA graphs, reals from the data loader ({nbytes / 2**30:.1f} GB > " \
+        f"data_on_gpu_gb={cfg.data_on_gpu_gb:g})"

@@ -116,13 +116,15 @@ class HyperNeRFGANLoss:
 
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, augment_pipe: torch.nn.Module | None,
                  patch_size: int, r1_gamma: float, generator: torch.Generator | None = None,
-                 g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None) -> None:
+                 g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
+                 d_channels_last: bool = False) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.patch_size = patch_size
         self.r1_gamma = r1_gamma
         self.generator = generator
         self.g_dtype = g_dtype      # autocast dtype of the G MLP (None = fp32); compositing stays fp32 inside G
         self.d_dtype = d_dtype      # D mp_dtype (None = fp32)
+        self.d_channels_last = d_channels_last
 
     def _device(self) -> torch.device:
         return next(self.G.parameters()).device
@@ -147,7 +149,8 @@ class HyperNeRFGANLoss:
         """Augment (crops reals larger than P) and score. img: [n, 3, H, W] -> logits [n, 1] fp32."""
         if self.augment_pipe is not None:
             img = self.augment_pipe(img, generator=self.generator)
-        return self.D(img, mp_dtype=self.d_dtype).float()
+        extra = {"channels_last": True} if self.d_channels_last else {}
+        return self.D(img, mp_dtype=self.d_dtype, **extra).float()
 
     def gmain(self, n: int) -> torch.Tensor:
         """Non-saturating G loss (mean over n fakes)."""

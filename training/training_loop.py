@@ -134,7 +134,13 @@ def setup_run(cfg: TrainConfig, run_dir: Path, device: torch.device, rank: int =
     if resume is not None:
         restore_state(run, resume)
     run.tick_start_nimg = run.cur_nimg
-    run.data_iter = _reals_iterator(dataset, cfg, device, rank, world, start=run.batch_idx * cfg.batch_gpu)
+    from training.dataset import InfiniteSampler
+    from training.fast_step import wrap_step_for_speed
+    start = run.batch_idx * cfg.batch_gpu
+    indices = itertools.islice(iter(InfiniteSampler(dataset, rank=rank, num_replicas=world, seed=cfg.seed)), start,
+                               None)
+    run.step, run.data_iter, run.step_path = wrap_step_for_speed(
+        step, dataset, cfg, device, indices, lambda: _reals_iterator(dataset, cfg, device, rank, world, start=start))
     grid_gen = torch.Generator().manual_seed(cfg.grid_seed)
     n_grid = cfg.grid_w * cfg.grid_h
     run.grid_z = nets.G.sample_z(n_grid, generator=grid_gen, device="cpu").to(device)          # [n, z_dim]
@@ -367,7 +373,8 @@ def training_loop(cfg: TrainConfig, run_dir: str | os.PathLike, device: torch.de
         run = setup_run(cfg, run_dir, device, rank, world, resume, data)
         if rank == 0:
             print(f"Training on {run.dataset.resolution}px data '{run.training_set_kwargs['path']}' "
-                  f"({len(run.dataset)} items), {world} process(es), precision {run.step.precision}, starting at "
+                  f"({len(run.dataset)} items), {world} process(es), precision {run.step.precision}, "
+                  f"{run.step_path}, starting at "
                   f"kimg {run.cur_nimg / 1000:.3f}.", flush=True)
         old_handlers = _install_signal_handlers(run)
         try:

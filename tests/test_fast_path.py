@@ -1,0 +1,101 @@
+"""The fast training path and the speed-motivated rewrites compute exactly what the reference formulations do."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torch_utils.ops import fir
+from training.fast_step import DeviceImageCache, GraphedTrainStep, device_index_batches
+from training.networks.discriminator import Conv2dLayer
+from training.networks.hyper import HyperLinear
+
+
+def test_per_object_linear_backward_matches_autograd_baddbmm():
+    torch.manual_seed(0)
+    for c_in, c_out in ((63, 128), (128, 4), (191, 128), (16, 16)):
+        x = torch.randn(3, 50, c_in, dtype=torch.float64, requires_grad=True)
+        wt = torch.randn(3, c_in, c_out, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
+        g = torch.randn(3, 50, c_out, dtype=torch.float64)
+        ours = torch.autograd.grad(HyperLinear.apply_weights(x, wt, b), (x, wt, b), g)
+        ref = torch.autograd.grad(torch.baddbmm(b.view(1, 1, -1), x, wt), (x, wt, b), g)
+        for a, r in zip(ours, ref):
+            assert a.shape == r.shape
+            torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_conv_equals_cudnn_style_conv_and_is_twice_differentiable():
+    torch.manual_seed(0)
+    a = Conv2dLayer(9, 5, 3, activation="lrelu", conv_clamp=256).double()
+    b = Conv2dLayer(9, 5, 3, activation="lrelu", conv_clamp=256, as_gemm=True).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 9, 4, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(b(x), a(x), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda t: b(t), (x,))
+
+
+@pytest.mark.parametrize("down", [1, 2])
+def test_fir_implementations_agree(down):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 12, 12, dtype=torch.float64)
+    f = fir.make_fir_filter().double()
+    outs = []
+    for impl in fir.FIR_IMPLS:
+        fir.set_fir_impl(impl)
+        outs.append(fir.fir2d(x, f, padding=2, down=down))
+    fir.set_fir_impl("single")
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs[0], fir.fir2d_reference(x, f, padding=2, down=down), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        fir.set_fir_impl("nope")
+
+
+class _Images:
+    def __init__(self, n: int, xflip: bool) -> None:
+        g = np.random.default_rng(0)
+        self.images = g.integers(0, 256, size=(n, 3, 8, 8), dtype=np.uint8)
+        self.num_images, self.xflip, self.image_shape = n, xflip, (3, 8, 8)
+
+    def __len__(self) -> int:
+        return self.num_images * (2 if self.xflip else 1)
+
+    def __getitem__(self, i: int):
+        img = self.images[i % self.num_images]
+        return (img[:, :, ::-1].copy() if i >= self.num_images else img), np.zeros([0], np.float32)
+
+
+def test_device_cache_gathers_dataset_items_including_mirrored_ones():
+    data = _Images(5, xflip=True)
+    cache = DeviceImageCache(data, "cpu")
+    idx = torch.tensor([0, 4, 5, 9, 7])
+    got = cache.gather(idx)
+    want = np.stack([data[int(i)][0] for i in idx])
+    assert torch.equal(got, torch.from_numpy(want))
+    assert cache.estimate_bytes(data) == 5 * 3 * 8 * 8
+
+
+def test_device_index_batches_preserve_the_sampler_stream():
+    stream = iter(range(1000))
+    batches = device_index_batches(stream, batch=4, device="cpu", steps_per_upload=3)
+    got = torch.cat([next(batches) for _ in range(7)]).tolist()
+    assert got == list(range(28))
+
+
+def test_graphed_step_on_cpu_calls_the_step_with_gathered_reals_and_proxies_attributes():
+    calls = []
+
+    class Step:
+        precision = "fp32"
+
+        def __call__(self, reals, step_idx):
+            calls.append((reals.clone(), step_idx))
+
+    data = _Images(4, xflip=True)
+    cache = DeviceImageCache(data, "cpu")
+    wrapped = GraphedTrainStep(Step(), 2, data.image_shape, "cpu", cache=cache)
+    assert not wrapped.enabled and wrapped.precision == "fp32"
+    wrapped(torch.tensor([1, 6]), 0)
+    reals, idx = calls[0]
+    assert idx == 0 and torch.equal(reals, cache.gather(torch.tensor([1, 6])))
+    assert torch.equal(reals[1], torch.from_numpy(data[6][0]))
