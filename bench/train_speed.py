@@ -9,6 +9,7 @@ Variants per setting (identical initial weights and seeds):
   default       what train.py runs on a GPU: reals on the device + one CUDA graph per phase pattern, fp16
   default_bf16  the same in bf16
   default_cl    the same with D in channels_last memory format
+  compiled_cl   the same with D torch.compile'd for the first-order phases
 Gates run before timing: batched G == naive G (fp32), bf16/fp16 images close to fp32 with aligned G gradients,
 graphed steps == eager steps. Memory is capped (default 14.5 GiB, a T4's allocatable memory) to emulate a T4.
 Writes bench.json after every section (partial results survive a timeout) and prints a table. Never run in CI.
@@ -264,7 +265,8 @@ def main() -> None:
         rows = []
         variants = [("naive", "fp32", False, True, ()), ("eager", "auto", False, False, ()),
                     ("default", "auto", True, False, ()), ("default_bf16", "bf16", True, False, ()),
-                    ("default_cl", "auto", True, False, ("d_channels_last=true",))]
+                    ("default_cl", "auto", True, False, ("d_channels_last=true",)),
+                    ("compiled_cl", "auto", True, False, ("d_channels_last=true", "d_compile=true"))]
         for name, prec, graphed, naive, extra in variants:
             steps = args.naive_steps if naive else (args.steps if sec_name == "t4" else max(30, args.steps // 6))
             try:

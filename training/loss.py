@@ -117,7 +117,7 @@ class HyperNeRFGANLoss:
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, augment_pipe: torch.nn.Module | None,
                  patch_size: int, r1_gamma: float, generator: torch.Generator | None = None,
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
-                 d_channels_last: bool = False) -> None:
+                 d_channels_last: bool = False, compile_d: bool = False) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.patch_size = patch_size
         self.r1_gamma = r1_gamma
@@ -125,6 +125,9 @@ class HyperNeRFGANLoss:
         self.g_dtype = g_dtype      # autocast dtype of the G MLP (None = fp32); compositing stays fp32 inside G
         self.d_dtype = d_dtype      # D mp_dtype (None = fp32)
         self.d_channels_last = d_channels_last
+        # torch.compile'd D for the first-order phases (fuses bias/lrelu/gain/clamp around every conv). R1 needs a
+        # double backward, which compiled graphs do not support, so dreg always runs the eager D (same parameters).
+        self.D_first_order = torch.compile(D, dynamic=False) if compile_d else D
 
     def _device(self) -> torch.device:
         return next(self.G.parameters()).device
@@ -145,12 +148,13 @@ class HyperNeRFGANLoss:
                          update_w_avg=update_w_avg)
         return img.float()                                                              # [n, 3, P, P]
 
-    def run_D(self, img: torch.Tensor) -> torch.Tensor:
+    def run_D(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
         """Augment (crops reals larger than P) and score. img: [n, 3, H, W] -> logits [n, 1] fp32."""
         if self.augment_pipe is not None:
             img = self.augment_pipe(img, generator=self.generator)
         extra = {"channels_last": True} if self.d_channels_last else {}
-        return self.D(img, mp_dtype=self.d_dtype, **extra).float()
+        D = self.D if double_backward else self.D_first_order
+        return D(img, mp_dtype=self.d_dtype, **extra).float()
 
     def gmain(self, n: int) -> torch.Tensor:
         """Non-saturating G loss (mean over n fakes)."""
@@ -177,7 +181,7 @@ class HyperNeRFGANLoss:
     def dreg(self, real: torch.Tensor, gain: float) -> torch.Tensor:
         """Lazy R1: gain * gamma/2 * ||dD(aug(x))/dx||^2 w.r.t. the full-res real x [n, 3, H, W] (before augment)."""
         x = real.detach().requires_grad_(True)
-        logits = self.run_D(x)                                                          # [n, 1]
+        logits = self.run_D(x, double_backward=True)                                    # [n, 1]
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)               # [n, 3, H, W]
         penalty = grad.float().square().sum(dim=[1, 2, 3])                              # [n]
         loss = penalty * (self.r1_gamma / 2) * gain
