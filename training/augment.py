@@ -97,7 +97,9 @@ def crop_patches(images: torch.Tensor, offsets: torch.Tensor, patch_size: int) -
 
 def _mat3(rows: list[list[torch.Tensor | float]], ref: torch.Tensor) -> torch.Tensor:
     """Stack a 3x3 (or 4x4) layout of [B] tensors / scalars into [B, n, n]."""
-    cols = [torch.as_tensor(v, dtype=ref.dtype, device=ref.device).expand_as(ref) for row in rows for v in row]
+    # Python numbers become full_like tensors (a fill kernel, never a host-to-device copy: CUDA-graph safe).
+    cols = [v.to(ref.dtype).expand_as(ref) if isinstance(v, torch.Tensor) else torch.full_like(ref, float(v))
+            for row in rows for v in row]
     n = len(rows)
     return torch.stack(cols, dim=-1).reshape(ref.shape[0], n, n)
 
@@ -148,7 +150,8 @@ def affine_resample(images: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
 
 def _luma_axis(ref: torch.Tensor) -> torch.Tensor:
     """[4] luma axis v = (1, 1, 1, 0) / sqrt(3)."""
-    return torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=ref.dtype, device=ref.device) / math.sqrt(3)
+    axis = torch.full([4], 1.0 / math.sqrt(3), dtype=ref.dtype, device=ref.device)   # no host copy (graph safe)
+    return torch.cat([axis[:3], torch.zeros_like(axis[3:])])
 
 
 def apply_color_matrix(images: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
@@ -348,5 +351,6 @@ def rotate3d(axis: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     c, s = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
     rot = c * torch.eye(3, dtype=theta.dtype, device=theta.device) + s * cross + (1 - c) * torch.outer(a, a)
     rot = torch.cat([rot, torch.zeros_like(rot[:, :, :1])], dim=2)               # [B, 3, 4]
-    last = torch.tensor([0.0, 0, 0, 1], dtype=theta.dtype, device=theta.device).expand(theta.shape[0], 1, 4)
+    last = torch.zeros_like(rot[:, :1, :])                                         # [B, 1, 4]
+    last[:, :, 3] = 1.0
     return torch.cat([rot, last], dim=1)                                           # [B, 4, 4]

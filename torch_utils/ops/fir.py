@@ -43,20 +43,29 @@ def set_fir_impl(impl: str) -> None:
     _fir_impl = impl
 
 
-def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1) -> torch.Tensor:
+def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomial: bool | None = None) -> torch.Tensor:
     """Zero-pad every side by `padding`, filter each channel with f [k, k], keep every `down`-th sample.
 
     x: [N, C, H, W] -> [N, C, (H + 2 * padding - k) // down + 1, ...].
+    binomial: whether f is the [1, 3, 3, 1] filter (None = check f, which reads it on the host: callers on a hot
+    path, e.g. inside CUDA graph capture, pass it).
     """
     N, C, H, W = x.shape
     k = f.shape[-1]
-    if _fir_impl == "pool" or (_fir_impl == "auto" and k == 4 and _is_binomial4(f)):
+    if binomial is None:
+        binomial = _is_binomial4(f)
+    if _fir_impl == "pool" or (_fir_impl == "auto" and binomial):
         return _fir2d_pool(x, padding, down)
     weight = f.to(dtype=x.dtype, device=x.device).reshape(1, 1, k, k)                  # [1, 1, k, k]
     if _fir_impl == "grouped":
         return F.conv2d(x, weight.expand(C, 1, k, k), stride=down, padding=padding, groups=C)
     y = F.conv2d(x.reshape(N * C, 1, H, W), weight, stride=down, padding=padding)       # [N*C, 1, h, w]
     return y.reshape(N, C, y.shape[-2], y.shape[-1])
+
+
+def is_binomial4(f: torch.Tensor) -> bool:
+    """Whether f is the normalised [1, 3, 3, 1] outer-product filter (reads f on the host)."""
+    return _is_binomial4(f)
 
 
 def _is_binomial4(f: torch.Tensor) -> bool:

@@ -20,7 +20,7 @@ from torch import nn
 
 from dnnlib.util import UserError
 from torch_utils.layers import SQRT2, FullyConnectedLayer
-from torch_utils.ops.fir import downsample_padding, fir2d, make_fir_filter
+from torch_utils.ops.fir import downsample_padding, fir2d, is_binomial4, make_fir_filter
 from torch_utils.persistence import persistent_class
 
 SQRT_HALF = math.sqrt(0.5)
@@ -52,6 +52,7 @@ class Conv2dLayer(nn.Module):
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
         self.act_gain = SQRT2 if activation == "lrelu" else 1.0
         self.register_buffer("resample_filter", make_fir_filter(), persistent=False)  # [4, 4]
+        self.fir_binomial = is_binomial4(self.resample_filter)  # decided once, never read back from the GPU
         pad0, pad1 = downsample_padding(kernel_size, self.resample_filter.shape[-1], 2)
         assert pad0 == pad1, "the [1, 3, 3, 1] filter gives symmetric padding"
         self.fir_padding = pad0
@@ -66,10 +67,10 @@ class Conv2dLayer(nn.Module):
         elif self.down == 1:
             x = F.conv2d(x, w, padding=self.kernel_size // 2)
         elif self.kernel_size == 1:
-            x = fir2d(x, self.resample_filter, padding=self.fir_padding, down=2)
+            x = fir2d(x, self.resample_filter, padding=self.fir_padding, down=2, binomial=self.fir_binomial)
             x = F.conv2d(x, w)
         else:
-            x = fir2d(x, self.resample_filter, padding=self.fir_padding, down=1)
+            x = fir2d(x, self.resample_filter, padding=self.fir_padding, down=1, binomial=self.fir_binomial)
             x = F.conv2d(x, w, stride=2)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
