@@ -69,8 +69,8 @@ class TrainConfig:
     d_conv_clamp: int = 256
     mbstd_group: int = 4
     mbstd_channels: int = 1
-    d_channels_last: bool = False        # run D's conv blocks in NHWC memory format
-    d_compile: bool = False              # torch.compile D for the first-order phases (R1 stays eager)
+    d_channels_last: bool = True         # GPU: run D's conv blocks in NHWC memory format
+    d_compile: bool = True               # GPU: torch.compile D for the first-order phases (R1 stays eager)
     # Augmentation (training/augment.py).
     aug: str = "fixed"                   # fixed (crop + x-flip at p) | ada (adaptive p) | noaug (crop only, p = 0)
     p: float | None = None               # augmentation probability; None = 0.5 for fixed, 0 for ada (initial value)
