@@ -1,6 +1,7 @@
 # Everything from nothing: `make test` (what CI runs) and `make demo` (a short end-to-end run).
-# TORCH picks the torch build. The default is the CPU wheel that CI uses; a T4 user runs e.g.
-#   make test TORCH="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"
+# TORCH picks the torch build. The default (torch==2.13.0) is the CPU wheel CI installs from a local file; on a GPU
+# machine (e.g. a Tesla T4) use PyPI's default Linux wheel, which is a CUDA build:
+#   make test TORCH=torch        make demo TORCH=torch
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0

@@ -29,7 +29,8 @@ from dnnlib.util import UserError
 from training.checkpoint import load_network_snapshot
 from training.mesh import extract_mesh, write_ply
 from training.rendering.camera import pose_spherical
-from training.video import check_video_path, check_writable, make_grid, save_image, to_uint8, write_video
+from training.video import (check_video_path, check_writable, make_grid, save_image, save_image_grid, to_uint8,
+                            write_video)
 
 DEPTH_SCALE = 1000.0       # 16-bit depth PNG value = camera-z depth in world units x 1000 (millimetres at 1 unit = 1 m).
 DEPTH_MIN_OPACITY = 0.05   # Pixels less opaque than this have no surface: depth 0.
@@ -248,19 +249,27 @@ def cli() -> None:
               help="Render at this many pixels per side (same field of view)  [default: the training resolution]")
 @click.option("--pose", type=str, default="random", show_default=True,
               help="'random' (the prior, tied to the seed), 'front' or 'AZ,EL' in degrees.")
+@click.option("--sheet", type=str, default=None,
+              help="Also write all seeds as one contact-sheet PNG (near-square grid) to this path.")
 def images(network: str, device: str | None, psi: float, ray_chunk: int, seeds: str, outdir: str,
-           resolution: int | None, pose: str) -> None:
-    """One PNG per seed: seedNNNN.png."""
+           resolution: int | None, pose: str, sheet: str | None) -> None:
+    """One PNG per seed: seedNNNN.png (and optionally a contact sheet of them all)."""
     seed_list, cam = parse_seeds(seeds), parse_pose(pose)
     out = ensure_outdir(outdir)
+    sheet_path = check_writable(sheet, force=True) if sheet else None
     dev = resolve_device(device)
     G = generator_at_resolution(load_generator(network, dev), resolution)
+    rendered = []
     with click.progressbar(seed_list, label="Rendering images") as bar:
         for seed in bar:
             z, c2w = seed_view(G, seed, cam, dev)
-            img = render(G, G.mapping(z, psi=psi), c2w, ray_chunk)
-            save_image(to_uint8(img)[0], out / f"seed{seed:04d}.png")
+            img = to_uint8(render(G, G.mapping(z, psi=psi), c2w, ray_chunk))[0]
+            save_image(img, out / f"seed{seed:04d}.png")
+            rendered.append(img)
     click.echo(f"Wrote {len(seed_list)} image(s) to '{out}'.")
+    if sheet_path is not None:
+        save_image_grid(np.stack(rendered), sheet_path)
+        click.echo(f"Wrote the contact sheet '{sheet_path}'.")
 
 
 def interp_schedule(frames: int, cam: tuple[float, float], orbit: bool) -> tuple[torch.Tensor, torch.Tensor]:

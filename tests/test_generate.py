@@ -63,6 +63,17 @@ def test_images_are_reproducible_per_seed(snapshot, tmp_path, capsys):
     assert not np.array_equal(png(tmp_path / "a" / "seed0000.png"), png(tmp_path / "a" / "seed0001.png"))
 
 
+def test_images_contact_sheet_tiles_the_seed_images(snapshot, tmp_path, capsys):
+    sheet = tmp_path / "sheet.png"
+    args = ["images", "--network", snapshot, "--device", "cpu", "--seeds", "0-3", "--outdir", tmp_path / "s",
+            "--sheet", sheet]
+    assert run(args, capsys)[0] == 0
+    grid = png(sheet)
+    assert grid.shape == (2 * RES, 2 * RES, 3)
+    np.testing.assert_array_equal(grid[:RES, RES:], png(tmp_path / "s" / "seed0001.png"))
+    np.testing.assert_array_equal(grid[RES:, :RES], png(tmp_path / "s" / "seed0002.png"))
+
+
 def test_images_resolution_and_fixed_pose(snapshot, tmp_path, capsys):
     base = ["images", "--network", snapshot, "--device", "cpu", "--seeds", "1"]
     assert run(base + ["--outdir", tmp_path / "hi", "--resolution", 40, "--pose", "front"], capsys)[0] == 0

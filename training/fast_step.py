@@ -130,15 +130,19 @@ def wrap_step_for_speed(step: Any, dataset: Any, cfg: Any, device: torch.device,
     cfg.data_on_gpu_gb (index batches from `sampler_indices`), else reals from `reals_iter_fn()` copied into a static
     buffer. Otherwise the eager step with `reals_iter_fn()`.
     """
+    d_desc = ""
+    if device.type == "cuda":
+        d_desc = (f", D {'compiled' if cfg.d_compile else 'eager'} "
+                  f"({'channels_last' if cfg.d_channels_last else 'NCHW'})")
     if device.type != "cuda" or not cfg.cuda_graphs or cfg.deterministic:
         why = "CPU" if device.type != "cuda" else ("deterministic" if cfg.deterministic else "cuda_graphs=false")
-        return step, reals_iter_fn(), f"eager step ({why})"
+        return step, reals_iter_fn(), f"eager step ({why}){d_desc}"
     nbytes = DeviceImageCache.estimate_bytes(dataset)
     if 0 < nbytes <= cfg.data_on_gpu_gb * 2**30:
         cache = DeviceImageCache(dataset, device)
         graphed = GraphedTrainStep(step, cfg.batch_gpu, tuple(dataset.image_shape), device, cache=cache)
         return graphed, device_index_batches(sampler_indices, cfg.batch_gpu, device), \
-            f"CUDA graphs, {nbytes / 2**20:.0f} MB of reals on the GPU"
+            f"CUDA graphs, {nbytes / 2**20:.0f} MB of reals on the GPU{d_desc}"
     graphed = GraphedTrainStep(step, cfg.batch_gpu, tuple(dataset.image_shape), device)
     return graphed, reals_iter_fn(), f"CUDA graphs, reals from the data loader ({nbytes / 2**30:.1f} GB > " \
-        f"data_on_gpu_gb={cfg.data_on_gpu_gb:g})"
+        f"data_on_gpu_gb={cfg.data_on_gpu_gb:g}){d_desc}"
