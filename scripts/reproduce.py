@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -44,6 +46,9 @@ from dnnlib.util import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+import results  # noqa: E402  (scripts/results.py: the study plan and the report)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -99,6 +104,241 @@ def _write_part(src: zipfile.ZipFile, dest: Path, names: list[str], meta: dict) 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Running commands: printed, recorded in commands.txt, run as subprocesses.
+
+class StepFailed(UserError):
+    """A subprocess of the study exited with a non-zero status."""
+
+
+def device_name() -> str:
+    """The accelerator this study runs on (GPU 0's name), or the CPU."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _script(name: str) -> str:
+    """A repository script as the shortest path from the current directory."""
+    rel = os.path.relpath(REPO / name)
+    return rel if not rel.startswith("..") else str(REPO / name)
+
+
+class Recorder:
+    """Runs the study's commands: prints each, appends it to <outdir>/commands.txt, runs it, records sessions."""
+
+    def __init__(self, outdir: Path, device: str) -> None:
+        self.outdir, self.device = outdir, device
+        self.path = outdir / "commands.txt"
+
+    def _append(self, lines: list[str]) -> None:
+        old = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
+        util.atomic_write_text(self.path, old + "".join(line + "\n" for line in lines))
+
+    def run(self, argv: list[str], label: str, session_file: Path | None = None, capture: bool = False) -> str:
+        """Run `python ARGV...` (this interpreter). Returns its stdout when `capture`. Raises StepFailed."""
+        shown = shlex.join(["python", *argv])
+        print(f"\n[{label}] $ {shown}", flush=True)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._append([f"# {started} [{label}] on {self.device}", shown])
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, *argv], stdout=subprocess.PIPE if capture else None, text=True)
+        seconds = time.time() - t0
+        if capture:
+            print(proc.stdout, end="", flush=True)
+        if session_file is not None:
+            meta = json.loads(session_file.read_text(encoding="utf-8")) if session_file.is_file() else {}
+            meta.setdefault("sessions", []).append(dict(stage=label, command=shown, started=started,
+                                                        seconds=round(seconds, 1), returncode=proc.returncode))
+            meta["device"] = self.device
+            util.atomic_write_text(session_file, json.dumps(meta, indent=2) + "\n")
+        if proc.returncode != 0:
+            self._append([f"# ^ failed with exit status {proc.returncode}"])
+            raise StepFailed(f"[{label}] failed with exit status {proc.returncode}: {shown}")
+        return proc.stdout if capture else ""
+
+    def note(self, text: str) -> None:
+        print(f"[skip] {text}", flush=True)
+        self._append([f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} skipped: {text}"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The study.
+
+SMOKE = dict(kimg=0.02, snap_kimg=0.01, count=64, resolution=32)
+
+
+def _done_kimg(run_dir: Path) -> float | None:
+    """The kimg of the last 'Done: X kimg' line of log.txt (train.py prints it when it reaches --kimg)."""
+    log = run_dir / "log.txt"
+    found = re.findall(r"^Done: ([\d.]+) kimg", log.read_text(encoding="utf-8", errors="replace"), re.M) \
+        if log.is_file() else []
+    return float(found[-1]) if found else None
+
+
+def _metrics_missing(run_dir: Path) -> bool:
+    """Whether some network snapshot of the run directory lacks a record of some study metric."""
+    from metrics.metric_main import read_metric_jsonl
+    snaps = [p.name for p in run_dir.glob("network-snapshot-*.pkl")]
+    return any(all(r.get("snapshot_pkl") != snap for r in read_metric_jsonl(run_dir, m))
+               for snap in snaps for m in results.METRICS)
+
+
+def _train_stage(rec: Recorder, opts: dict, run: results.PlannedRun, stage: str, kimg: float,
+                 extra: list[str]) -> None:
+    """Train one stage (start | train) of a study run to `kimg` (fresh, resumed or skipped), then fill in metrics."""
+    root = Path(opts["outdir"]) / "runs" / run.name
+    stage_root, session = root / stage, root / "reproduce.json"
+    label = f"{run.name} {stage}"
+    from training.state import latest_state
+    run_dir = results.find_run_dir(stage_root)
+    in_training = opts["detector"] is None
+    argv = [_script("train.py"), "--cfg", run.cfg, "--data", opts["data"][run.family], "--seed", str(run.seed),
+            "--kimg", f"{kimg:g}", "--metrics", ",".join(results.METRICS) if in_training else "none", *extra]
+    done = run_dir is not None and (_done_kimg(run_dir) or -1.0) >= kimg - 1e-6
+    if done:
+        rec.note(f"{label}: trained to {kimg:g} kimg in {run_dir}")
+    elif run_dir is not None and latest_state(run_dir) is not None:
+        rec.run(argv + ["--outdir", str(run_dir), "--resume", "auto"], label + " (resume)", session)
+    else:
+        rec.run(argv + ["--outdir", str(stage_root)], label, session)
+    run_dir = results.find_run_dir(stage_root)
+    if run_dir is not None and _metrics_missing(run_dir):
+        det = ["--detector", opts["detector"]] if opts["detector"] else []
+        rec.run([_script("calc_metrics.py"), "--network", str(run_dir), "--metrics", ",".join(results.METRICS),
+                 "--seed", str(run.seed), *det], label + " metrics", session)
+
+
+def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
+    """The 0-kimg point (one minibatch) and the full-length run of one planned run."""
+    from training.config import resolve_config
+    batch = resolve_config(run.cfg).batch
+    _train_stage(rec, opts, run, "start", batch / 1000, [])
+    _train_stage(rec, opts, run, "train", opts["kimg"],
+                 ["--snap", "1", "--set", f"kimg_per_tick={opts['snap_kimg']:g}", "--set", "image_snap=1"])
+
+
+def ensure_dataset(rec: Recorder, opts: dict, family: str) -> str:
+    """<outdir>/data/<family>-<res>-<count>.zip, rendered by dataset_tool.py synth (seed 0) when missing."""
+    dest = Path(opts["outdir"]) / "data" / f"{family}-{opts['resolution']}-{opts['count']}.zip"
+    if dest.is_file():
+        rec.note(f"data set {dest} exists")
+    else:
+        rec.run([_script("dataset_tool.py"), "synth", "--family", family, "--count", str(opts["count"]),
+                 "--resolution", str(opts["resolution"]), "--seed", "0", "--dest", str(dest)], f"data {family}")
+    return str(dest)
+
+
+def noise_floor(rec: Recorder, opts: dict, label: str, kind: str, set_a: str, set_b: str) -> None:
+    """calc_metrics.py --data A --compare B; the parsed results go to <outdir>/floors/<label>.json."""
+    dest = Path(opts["outdir"]) / "floors" / f"{label}.json"
+    if dest.is_file():
+        rec.note(f"noise floor {dest} exists")
+        return
+    det = ["--detector", opts["detector"]] if opts["detector"] else []
+    argv = [_script("calc_metrics.py"), "--data", set_a, "--compare", set_b, "--metrics", ",".join(results.METRICS),
+            *det]
+    t0 = time.time()
+    text = rec.run(argv, f"floor {label}", capture=True)
+    record = dict(label=label, kind=kind, set_a=set_a, set_b=set_b, command=shlex.join(["python", *argv]),
+                  seconds=round(time.time() - t0, 1), device=rec.device, **results.parse_compare_output(text))
+    util.atomic_write_text(dest, json.dumps(record, indent=2) + "\n")
+
+
+def noise_floors(rec: Recorder, opts: dict) -> None:
+    """Per family: two disjoint halves of its training set; plus one cross-family pair as a large reference."""
+    floors = Path(opts["outdir"]) / "floors"
+    halves = {}
+    for fam in opts["families"]:
+        a, b = floors / f"{fam}-half-a.zip", floors / f"{fam}-half-b.zip"
+        if not (a.is_file() and b.is_file()):
+            rec.run([_script("scripts/reproduce.py"), "split", "--source", opts["data"][fam], "--dest-a", str(a),
+                     "--dest-b", str(b), "--count-a", str(opts["count"] // 2), "--seed", "0", "--force"],
+                    f"split {fam}")
+        halves[fam] = (str(a), str(b))
+        noise_floor(rec, opts, f"{fam}-halves", "halves", *halves[fam])
+    fams = opts["families"]
+    pair = ("cars", "chairs") if {"cars", "chairs"} <= set(fams) else tuple(fams[:2]) if len(fams) > 1 else None
+    if pair:
+        noise_floor(rec, opts, f"{pair[0]}-vs-{pair[1]}", "cross", halves[pair[0]][0], halves[pair[1]][1])
+
+
+def figures(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
+    """Contact sheet (pose 30,30) and interpolation strip + video of a finished run's last snapshot."""
+    fig = Path(opts["outdir"]) / "figures"
+    sheet, strip, video = fig / f"{run.family}_sheet.png", fig / f"{run.family}_interp.png", \
+        fig / f"{run.family}_interp.mp4"
+    run_dir = results.find_run_dir(Path(opts["outdir"]) / "runs" / run.name / "train")
+    snaps = sorted(run_dir.glob("network-snapshot-*.pkl")) if run_dir is not None else []
+    if not snaps or (_done_kimg(run_dir) or -1.0) < opts["kimg"] - 1e-6:
+        rec.note(f"figures of {run.family}: {run.name} has not finished")
+        return
+    small = opts["smoke"]
+    if not sheet.is_file():
+        rec.run([_script("generate.py"), "images", "--network", str(snaps[-1]), "--seeds", "0-3" if small else "0-15",
+                 "--pose", "30,30", "--outdir", str(fig / f"{run.family}_images"), "--sheet", str(sheet)],
+                f"sheet {run.family}")
+    if not strip.is_file():
+        rec.run([_script("generate.py"), "interp", "--network", str(snaps[-1]), "--seeds", "0-2" if small else "0-4",
+                 "--frames", "4" if small else "120", "--steps", "3" if small else "10", "--out", str(video),
+                 "--force"], f"interp {run.family}")
+
+
+def _merge_study(outdir: Path, opts: dict) -> dict:
+    """Record the options in <outdir>/study.json; lists are merged with an earlier invocation's (the report shows
+    every run ever planned here). Data-defining options must match: a different set needs another --outdir."""
+    path = outdir / "study.json"
+    keys = ("kimg", "snap_kimg", "count", "resolution", "smoke", "detector", "ablation_family", "spread_family")
+    study = {k: opts[k] for k in keys} | {k: list(opts[k]) for k in ("families", "ablations", "seeds")}
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        clash = [k for k in ("count", "resolution", "smoke", "snap_kimg") if k in old and old[k] != study[k]]
+        if clash:
+            raise UserError(f"'{outdir}' holds a study with other {', '.join(clash)} "
+                            f"({', '.join(f'{k}={old[k]}' for k in clash)}); use a new --outdir for a different "
+                            f"study, or the same values to continue it.")
+        for k in ("families", "ablations", "seeds"):
+            study[k] = list(dict.fromkeys(old.get(k, []) + study[k]))
+    util.atomic_write_text(path, json.dumps(study, indent=2) + "\n")
+    return study
+
+
+def run_study(opts: dict) -> tuple[Path, list[str]]:
+    """Everything `reproduce.py run` does (see the module docstring). Returns (report path, failed steps)."""
+    outdir = Path(opts["outdir"])
+    outdir.mkdir(parents=True, exist_ok=True)
+    _merge_study(outdir, opts)
+    rec = Recorder(outdir, device_name())
+    failures: list[str] = []
+
+    def attempt(fn: Any, *args: Any) -> bool:
+        try:
+            fn(*args)
+            return True
+        except StepFailed as exc:
+            failures.append(str(exc))
+            print(f"Error: {exc} (continuing with the next step)", file=sys.stderr, flush=True)
+            return False
+    opts["data"] = {}
+    for fam in dict.fromkeys(opts["families"] + [opts["ablation_family"]] * bool(opts["ablations"])
+                             + [opts["spread_family"]] * (len(opts["seeds"]) > 1)):
+        attempt(lambda f=fam: opts["data"].__setitem__(f, ensure_dataset(rec, opts, f)))
+    plan = results.plan_runs(opts["families"], opts["ablations"], opts["seeds"], opts["ablation_family"],
+                             opts["spread_family"], opts["smoke"])
+    for run in plan:
+        if run.family in opts["data"]:
+            attempt(train_run, rec, opts, run)
+    if all(f in opts["data"] for f in opts["families"]):
+        attempt(noise_floors, rec, opts)
+    for run in plan[:len(opts["families"])]:
+        attempt(figures, rec, opts, run)
+    cpu = None if opts["smoke"] or not (REPO / "docs/noise_floors.json").is_file() else REPO / "docs/noise_floors.json"
+    report = results.build_report(outdir, opts["report"], cpu)
+    print(f"\nWrote {report}" + (f"; {len(failures)} step(s) failed" if failures else ""), flush=True)
+    return report, failures
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Command line.
 
 @click.group()
@@ -118,6 +358,60 @@ def split(source: str, dest_a: str, dest_b: str, count_a: int, count_b: int | No
     """Split a dataset zip into two disjoint zips (seeded permutation), e.g. for FID noise floors."""
     a, b = split_zip(source, dest_a, dest_b, count_a, count_b, seed=seed, force=force)
     click.echo(f"Wrote {dest_a} ({len(a)} images) and {dest_b} ({len(b)} images) from {source} (seed {seed}).")
+
+
+def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise UserError(f"Unknown {what} {', '.join(bad)}: choose from {', '.join(valid)}.")
+    return list(dict.fromkeys(names))
+
+
+@cli.command()
+@click.option("--outdir", required=True, help="Study directory (data, runs, floors, figures, commands.txt).")
+@click.option("--families", default=",".join(results.FAMILIES), show_default=True, help="Synthetic families.")
+@click.option("--ablations", default=",".join(results.ABLATIONS), show_default=True,
+              help="Ablation presets on the ablation family ('' for none).")
+@click.option("--ablation-family", default="cars", show_default=True, help="Family of the ablations.")
+@click.option("--seeds", default="0,1", show_default=True,
+              help="Seeds: the first for every run, the others for the spread family's baseline.")
+@click.option("--spread-family", default="cars", show_default=True, help="Family trained with every seed.")
+@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None, help="Training length [200].")
+@click.option("--snap-kimg", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="kimg per tick = per snapshot and metric evaluation [50].")
+@click.option("--count", type=click.IntRange(min=4), default=None, help="Images per synthetic set [10000].")
+@click.option("--resolution", type=click.IntRange(min=8), default=None, help="Image size [128].")
+@click.option("--detector", default=None, help="Feature detector file [default: the official Inception].")
+@click.option("--smoke", is_flag=True, help="Tiny settings for a CPU check: smoke preset, 64 images at 32 px, "
+              "0.02 kimg, snapshots every 0.01 kimg.")
+@click.option("--report", "report", default=None,
+              help="Markdown report [default: docs/RESULTS.md; with --smoke <outdir>/RESULTS.md].")
+def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,
+        kimg: float | None, snap_kimg: float | None, count: int | None, resolution: int | None,
+        detector: str | None, smoke: bool, report: str | None) -> None:
+    """Run (or continue) the whole study, then write the report. Finished steps are skipped."""
+    defaults = SMOKE if smoke else dict(kimg=200.0, snap_kimg=50.0, count=10000, resolution=128)
+    given = dict(kimg=kimg, snap_kimg=snap_kimg, count=count, resolution=resolution)
+    opts = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
+    fams = list(results.FAMILIES)
+    opts |= dict(outdir=outdir, families=_names(families, fams, "family"), smoke=smoke,
+                 ablations=_names(ablations, results.ABLATIONS, "ablation"),
+                 ablation_family=_names(ablation_family, fams, "family")[0], seeds=util.parse_int_list(seeds),
+                 spread_family=_names(spread_family, fams, "family")[0],
+                 detector=str(Path(detector).resolve()) if detector else None,
+                 report=report or str(Path(outdir) / "RESULTS.md" if smoke else REPO / "docs" / "RESULTS.md"))
+    if not opts["families"]:
+        raise UserError("--families is empty: name at least one of " + ", ".join(fams) + ".")
+    if detector and not Path(detector).is_file():
+        raise UserError(f"--detector '{detector}' does not exist; pass a TorchScript detector file or drop it.")
+    _, failures = run_study(opts)
+    if failures:
+        raise UserError(f"{len(failures)} step(s) failed:\n  " + "\n  ".join(failures)
+                        + "\nFix the cause and run the same command again: finished steps are skipped.")
+
+
+cli.add_command(results.cli, name="report")
 
 
 main = util.run_cli(cli)

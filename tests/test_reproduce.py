@@ -1,0 +1,220 @@
+"""scripts/reproduce.py and scripts/results.py: the zip splitter, the report builder on synthetic run directories,
+and the smoke study end to end (real train.py / calc_metrics.py / generate.py subprocesses, stand-in detector)."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnnlib.util import UserError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import reproduce  # noqa: E402
+import results  # noqa: E402
+
+
+class _StandIn(torch.nn.Module):
+    """Tiny TorchScript feature net fed at 32 px: 4x4 average pooling and a fixed projection -> [N, 16]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_size = 32
+        self.register_buffer("proj", torch.randn(48, 16, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj
+
+
+def _detector(path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(_StandIn()), str(path))
+    return str(path)
+
+
+def _zip(path: Path, n: int, res: int = 8) -> list[str]:
+    """A dataset zip of n random images with per-image 'labels'/'objects' lists in dataset.json."""
+    rng = np.random.default_rng(0)
+    names = [f"{i // 5:05d}/img{i:08d}.png" for i in range(n)]
+    with zipfile.ZipFile(path, "w") as z:
+        for name in names:
+            buf = PIL.Image.fromarray(rng.integers(0, 256, (res, res, 3), dtype=np.uint8))
+            with z.open(name, "w") as f:
+                buf.save(f, format="PNG")
+        meta = {"labels": [[nm, [float(i)]] for i, nm in enumerate(names)],
+                "objects": [[nm, i, "cars", -1] for i, nm in enumerate(names)], "camera": {"radius": 4.0}}
+        z.writestr("dataset.json", json.dumps(meta))
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Splitter.
+
+def test_split_zip_gives_disjoint_halves_covering_the_set(tmp_path):
+    names = _zip(tmp_path / "set.zip", 12)
+    a, b = reproduce.split_zip(tmp_path / "set.zip", tmp_path / "a.zip", tmp_path / "b.zip", count_a=7, seed=3)
+    assert len(a) == 7 and len(b) == 5 and not set(a) & set(b) and sorted(a + b) == names
+    assert a != names[:7]  # a permutation, not the first images
+    from training.dataset import ImageDataset
+    for part, expect in (("a", a), ("b", b)):
+        with zipfile.ZipFile(tmp_path / f"{part}.zip") as z:
+            meta = json.loads(z.read("dataset.json"))
+            assert sorted(n for n in z.namelist() if n.endswith(".png")) == expect
+        assert [lab[0] for lab in meta["labels"]] == expect and [o[0] for o in meta["objects"]] == expect
+        assert meta["camera"] == {"radius": 4.0} and meta["split"]["part"] == part
+        assert len(ImageDataset(tmp_path / f"{part}.zip")) == len(expect)
+    # Same seed, same split; another seed, another split; a B count leaves images out.
+    a2, _ = reproduce.split_zip(tmp_path / "set.zip", tmp_path / "a.zip", tmp_path / "b.zip", 7, seed=3, force=True)
+    a3, b3 = reproduce.split_zip(tmp_path / "set.zip", tmp_path / "c.zip", tmp_path / "d.zip", 4, 3, seed=4)
+    assert a2 == a and a3 != a[:4] and len(b3) == 3 and not set(a3) & set(b3)
+
+
+def test_split_zip_errors(tmp_path):
+    _zip(tmp_path / "set.zip", 6)
+    with pytest.raises(UserError, match="at most 6"):
+        reproduce.split_zip(tmp_path / "set.zip", tmp_path / "a.zip", tmp_path / "b.zip", 4, 3)
+    reproduce.split_zip(tmp_path / "set.zip", tmp_path / "a.zip", tmp_path / "b.zip", 3)
+    with pytest.raises(UserError, match="--force"):
+        reproduce.split_zip(tmp_path / "set.zip", tmp_path / "a.zip", tmp_path / "b.zip", 3)
+    (tmp_path / "x.zip").write_text("not a zip")
+    with pytest.raises(UserError, match="not a zip"):
+        reproduce.split_zip(tmp_path / "x.zip", tmp_path / "e.zip", tmp_path / "f.zip", 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report builder on synthetic run directories.
+
+def _records(run_dir: Path, points: dict[float, tuple[float, float, float]]) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "training_options.json").write_text(json.dumps({"config": {"batch": 4}}))
+    (run_dir / "training-state-000000.pt").write_bytes(b"")
+    for kimg, (fid, p, r) in points.items():
+        snap = f"network-snapshot-{int(kimg):06d}.pkl"
+        for name, res in (("fid1k_full", {"fid1k_full": fid}),
+                          ("pr1k3_full", {"pr1k3_full_precision": p, "pr1k3_full_recall": r})):
+            with open(run_dir / f"metric-{name}.jsonl", "a") as f:
+                f.write(json.dumps({"metric": name, "results": res, "kimg": kimg, "snapshot_pkl": snap}) + "\n")
+
+
+def _study(tmp_path: Path) -> Path:
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps(dict(families=["cars"], ablations=["ns8", "noaug"], seeds=[0, 1])))
+    base, abl = out / "runs" / "cars-baseline-s0", out / "runs" / "cars-ns8-s0"
+    _records(base / "start" / "00000-a", {0.004: (200.0, 0.01, 0.02)})
+    _records(base / "train" / "00000-a", {50.0: (120.0, 0.1, 0.1), 100.0: (90.0, 0.2, 0.1),
+                                          150.0: (70.0, 0.3, 0.2), 200.0: (50.0, 0.4, 0.25)})
+    (base / "train" / "00000-a" / "log.txt").write_text(
+        "Training options:\n{}\ntick 1     kimg 50.000    time 100.0    sec/tick 1\n"
+        "tick 2     kimg 100.000   time 210.5    sec/tick 1\nTraining options:\n"
+        "tick 3     kimg 150.000   time 50.0     sec/tick 1\ntick 4     kimg 200.000   time 99.5     sec/tick 1\n")
+    (base / "reproduce.json").write_text(json.dumps({"device": "Tesla T4", "sessions": []}))
+    _records(abl / "start" / "00000-b", {0.004: (250.0, 0.0, 0.0)})
+    _records(abl / "train" / "00000-b", {50.0: (150.0, 0.1, 0.1), 100.0: (80.0, 0.3, 0.1)})  # partial
+    _records(abl / "train" / "00001-b", {200.0: (60.0, 0.35, 0.2)})  # the newest run dir with a state wins
+    return out
+
+
+def _row(md: str, first: str) -> list[str]:
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {first} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_report_tables_from_synthetic_runs(tmp_path):
+    out = _study(tmp_path)
+    md_path = results.build_report(out, tmp_path / "docs" / "RESULTS.md")
+    md = md_path.read_text()
+    row = _row(md, "cars-baseline-s0")  # run, presets, FID0, FID200, improvement, P, R, wall, GPU, dirs
+    assert row[2:7] == ["200.00", "50.00", "75.0 %", "0.400", "0.250"]
+    assert row[7] == "5 min" and row[8] == "Tesla T4"  # 210.5 + 99.5 s over two sessions
+    assert _row(md, "cars-ns8-s0")[2:5] == ["250.00", "60.00", "76.0 %"]
+    assert _row(md, "cars-noaug-s0")[2:4] == ["not run", "not run"]
+    assert _row(md, "cars-baseline-s1")[2] == "not run"
+    assert _row(md, "ns8")[2:7] == ["60.00", "+10.00", "+20.0", "0.350", "0.200"]  # ablation vs baseline
+    assert _row(md, "100")[1:4] == ["90.00", "0.200", "0.100"]  # convergence table, kimg 100
+    assert "Status: 2 of 4 runs done, 0 partial, 2 not run" in md
+    assert "(needs every seed)" in md and "Study floors (10k sets): not run." in md
+    with PIL.Image.open(md_path.parent / "results_fid.png") as im:
+        assert im.size == (960, 560)
+        colors = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert results.PALETTE[0] in colors and results.PALETTE[1] in colors  # one line per run
+
+
+def test_report_without_runs_invents_nothing(tmp_path):
+    md = results.build_report(tmp_path / "none", tmp_path / "R.md").read_text()
+    assert "Status: 0 of 9 runs done" in md and not (tmp_path / "results_fid.png").exists()
+    assert not re.search(r"\| \d+\.\d\d \|", md)  # no FID value anywhere
+    assert "no plot yet" in md
+
+
+def test_numbers_helpers():
+    assert results.improvement_pct(200.0, 50.0) == pytest.approx(75.0)
+    assert results.improvement_pct(50.0, 60.0) == pytest.approx(-20.0)
+    assert results.improvement_pct(None, 5.0) is None
+    assert results.log_wall_seconds("no status lines") is None
+    assert results.nice_ticks(0, 200) == [0, 50, 100, 150, 200]
+    assert results.nice_ticks(0, 437.2)[-1] >= 437.2
+    assert results.checkpoints(dict(kimg=200.0, snap_kimg=50.0)) == [0, 50, 100, 150, 200]
+    text = ("a.zip vs b.zip        fid1k_full  fid1k_full=12.5        2000  1000  3.0\n"
+            "a.zip vs b.zip        pr1k3_full  pr1k3_full_precision=0.75, pr1k3_full_recall=0.5  2000  1000  0.1\n"
+            "detector official (sha1 x), resize r, seed 0, device cpu\n")
+    parsed = results.parse_compare_output(text)
+    assert parsed["results"] == {"fid1k_full": 12.5, "pr1k3_full_precision": 0.75, "pr1k3_full_recall": 0.5}
+    assert parsed["n_real"] == 2000 and parsed["n_fake"] == 1000 and parsed["detector"].startswith("detector off")
+    with pytest.raises(UserError):
+        results.parse_compare_output("Error: something")
+
+
+def test_plan_runs():
+    plan = results.plan_runs(["carla", "cars"], ["ns8"], [0, 1], smoke=True)
+    assert [r.name for r in plan] == ["carla-baseline-s0", "cars-baseline-s0", "cars-ns8-s0", "cars-baseline-s1"]
+    assert plan[2].cfg == "cars,t4,ns8,smoke" and plan[3].seed == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The smoke study end to end.
+
+def _main(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        reproduce.main([str(a) for a in args])
+    return exc.value.code
+
+
+def test_smoke_study_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
+    det, out = _detector(tmp_path / "standin.pt"), tmp_path / "study"
+    args = ["run", "--outdir", out, "--smoke", "--families", "cars", "--ablations", "", "--seeds", "0",
+            "--resolution", "16", "--detector", det]
+    assert _main(args) == 0
+    commands = (out / "commands.txt").read_text()
+    assert commands.count("python train.py") == 2 and "--kimg 0.004" in commands and "--kimg 0.02" in commands
+    assert "calc_metrics.py --data" in commands and "generate.py images" in commands
+    md = (out / "RESULTS.md").read_text()
+    fids = []
+    for stage in ("start", "train"):
+        run_dir = results.find_run_dir(out / "runs" / "cars-baseline-s0" / stage)
+        recs = [json.loads(ln) for ln in (run_dir / "metric-fid1k_full.jsonl").read_text().splitlines()]
+        assert (run_dir / "metric-pr1k3_full.jsonl").is_file()
+        fids.append(recs[-1]["results"]["fid1k_full"])
+    row = _row(md, "cars-baseline-s0")
+    assert row[2:4] == [f"{fids[0]:.2f}", f"{fids[1]:.2f}"]
+    assert row[4] == f"{(fids[0] - fids[1]) / fids[0] * 100:.1f} %"
+    floor = json.loads((out / "floors" / "cars-halves.json").read_text())
+    assert _row(md, "cars-halves")[1] == f"{floor['results']['fid1k_full']:.2f}" and floor["n_real"] == 32
+    assert (out / "results_fid.png").is_file() and (out / "results" / "cars_sheet.png").is_file()
+    assert (out / "figures" / "cars_interp.png").is_file()
+    # Idempotent: a second invocation runs nothing new and reports the same numbers.
+    assert _main(args) == 0
+    again = (out / "commands.txt").read_text()
+    assert [ln for ln in again.splitlines() if ln.startswith("python")] == \
+        [ln for ln in commands.splitlines() if ln.startswith("python")]
+    assert "skipped" in again and _row((out / "RESULTS.md").read_text(), "cars-baseline-s0") == row
