@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import torch
 
-from dnnlib.util import UserError, atomic_write_text, run_cli
+from dnnlib.util import atomic_write_text, run_cli
 from torch_utils import distributed as dist_utils
 from training import state as state_io
 from training.config import AUG_MODES, PRECISIONS, TrainConfig, list_presets, resolve_config

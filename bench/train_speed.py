@@ -16,11 +16,8 @@ Writes bench.json after every section (partial results survive a timeout) and pr
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -114,7 +111,6 @@ def run_variant(name: str, presets: str, precision: str, device, data, steps: in
            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2**30, "wall_s": host}
     if not naive and not graphed:
         res["phase_ms"] = phase_times(step, host_reals, cfg)
-    del wrapped, step, nets
     return res
 
 
@@ -224,14 +220,13 @@ def naive_render_speed(device, presets: str, n: int) -> dict:
 
 
 def fid_speed(device, presets: str, detector) -> dict:
-    from metrics.feature_stats import FeatureStats, dataset_features  # noqa: F401
     from metrics.metric_main import calc_metric
     cfg = make_cfg(presets, "fp32")
     nets, _ = make_step(cfg, device)
     data = RandomImages(1000, 128)
     data.resolution, data.dataset_hash, data.name = 128, "bench-random-1000", "bench"
     t0 = time.perf_counter()
-    cold = calc_metric("fid1k_full", nets.G_ema, data, device, detector=detector, batch_size=64, cache=True,
+    calc_metric("fid1k_full", nets.G_ema, data, device, detector=detector, batch_size=64, cache=True,
                        ray_chunk=65536)
     t1 = time.perf_counter()
     warm = calc_metric("fid1k_full", nets.G_ema, data, device, detector=detector, batch_size=64, cache=True,

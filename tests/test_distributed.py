@@ -5,7 +5,6 @@ import socket
 
 import numpy as np
 import PIL.Image
-import pytest
 import torch
 import torch.multiprocessing as mp
 

@@ -1,6 +1,5 @@
 """train.py end to end on the CPU: dry-run for every preset, smoke run outputs, exact resume, signals, bad input."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -7,13 +7,12 @@ Only rank 0 writes files; every rank takes part in the collective statistics syn
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,31 +90,6 @@ def describe_networks(cfg: TrainConfig, resolution: int) -> str:
     return format_table(rows, ["module", "parameters"])
 
 
-def _reals_iterator(dataset: Any, cfg: TrainConfig, device: torch.device, rank: int, world: int,
-                    start: int) -> Iterator[torch.Tensor]:
-    """Endless uint8 [batch_gpu, C, H, W] batches on device; skips the first `start` indices of this rank's stream."""
-    from training.dataset import InfiniteSampler
-    sampler = InfiniteSampler(dataset, rank=rank, num_replicas=world, seed=cfg.seed)
-    indices = itertools.islice(iter(sampler), start, None)
-    workers = 0 if cfg.deterministic else cfg.workers
-    kwargs: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda")
-    if workers > 0:
-        kwargs.update(prefetch_factor=2, persistent_workers=True)
-    loader = torch.utils.data.DataLoader(dataset, sampler=_IterSampler(indices), batch_size=cfg.batch_gpu, **kwargs)
-    for images, _labels in loader:
-        yield images.to(device, non_blocking=True)                                # [b, C, H, W] uint8
-
-
-class _IterSampler(torch.utils.data.Sampler):
-    """A sampler over an already-positioned index iterator (used once)."""
-
-    def __init__(self, it: Iterator[int]) -> None:
-        self.it = it
-
-    def __iter__(self) -> Iterator[int]:
-        return self.it
-
-
 def setup_run(cfg: TrainConfig, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1,
               resume: dict | None = None, data: tuple[Any, dict] | None = None) -> EasyDict:
     """Everything a run needs: dataset, networks, step, data iterator, counters, writers, fixed grid latents.
@@ -134,13 +108,14 @@ def setup_run(cfg: TrainConfig, run_dir: Path, device: torch.device, rank: int =
     if resume is not None:
         restore_state(run, resume)
     run.tick_start_nimg = run.cur_nimg
-    from training.dataset import InfiniteSampler
+    from training.dataset import InfiniteSampler, iterate_reals
     from training.fast_step import wrap_step_for_speed
-    start = run.batch_idx * cfg.batch_gpu
-    indices = itertools.islice(iter(InfiniteSampler(dataset, rank=rank, num_replicas=world, seed=cfg.seed)), start,
-                               None)
+    start = run.batch_idx * cfg.batch_gpu   # resume: skip what this rank's index stream already delivered
+    indices = InfiniteSampler(dataset, rank=rank, num_replicas=world, seed=cfg.seed, start=start)
+    workers = 0 if cfg.deterministic else cfg.workers
     run.step, run.data_iter, run.step_path = wrap_step_for_speed(
-        step, dataset, cfg, device, indices, lambda: _reals_iterator(dataset, cfg, device, rank, world, start=start))
+        step, dataset, cfg, device, indices, lambda: iterate_reals(
+            dataset, cfg.batch_gpu, device, seed=cfg.seed, rank=rank, world=world, num_workers=workers, start=start))
     grid_gen = torch.Generator().manual_seed(cfg.grid_seed)
     n_grid = cfg.grid_w * cfg.grid_h
     run.grid_z = nets.G.sample_z(n_grid, generator=grid_gen, device="cpu").to(device)          # [n, z_dim]
