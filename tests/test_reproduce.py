@@ -181,6 +181,51 @@ def test_plan_runs():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Commands of the study (fresh, resumed, skipped) without running them.
+
+class _FakeRecorder:
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def run(self, argv, label, session_file=None, capture=False) -> str:
+        self.calls.append(list(argv))
+        return ""
+
+    def note(self, text) -> None:
+        self.calls.append(["skipped", text])
+
+
+def test_train_commands_fresh_resume_and_skip(tmp_path):
+    opts = dict(outdir=str(tmp_path), data={"cars": "d.zip"}, detector=None, kimg=200.0, snap_kimg=50.0)
+    run = results.plan_runs(["cars"], [], [3])[0]
+    rec = _FakeRecorder()
+    reproduce.train_run(rec, opts, run)  # nothing exists: two fresh train.py runs
+    start, train = (" ".join(c) for c in rec.calls)
+    assert "--cfg cars,t4" in start and "--kimg 0.004" in start and "--seed 3" in start
+    assert start.endswith(f"--outdir {tmp_path}/runs/cars-baseline-s3/start") and "--resume" not in start
+    assert "--kimg 200 --metrics fid1k_full,pr1k3_full --snap 1 --set kimg_per_tick=50 --set image_snap=1" in train
+    run_dir = tmp_path / "runs" / "cars-baseline-s3" / "train" / "00000-x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "training-state-000100.pt").write_bytes(b"")
+    (run_dir / "network-snapshot-000100.pkl").write_bytes(b"")
+    (run_dir / "log.txt").write_text("tick 2 kimg 100.000 time 5.0\n")
+    rec.calls.clear()
+    opts["detector"] = "/d.pt"
+    reproduce._train_stage(rec, opts, run, "train", 200.0, [])  # interrupted: resume in place, then metrics
+    assert rec.calls[0][-4:] == ["--outdir", str(run_dir), "--resume", "auto"] and "none" in rec.calls[0]
+    assert rec.calls[1][0].endswith("calc_metrics.py") and rec.calls[1][1:3] == ["--network", str(run_dir)]
+    assert rec.calls[1][-2:] == ["--detector", "/d.pt"]
+    (run_dir / "log.txt").write_text("Done: 200.000 kimg in 4 ticks. Run directory: x\n")
+    for m in results.METRICS:
+        (run_dir / f"metric-{m}.jsonl").write_text(json.dumps({"snapshot_pkl": "network-snapshot-000100.pkl"}))
+    rec.calls.clear()
+    reproduce._train_stage(rec, opts, run, "train", 200.0, [])  # finished and evaluated: nothing to do
+    assert rec.calls == [["skipped", f"cars-baseline-s3 train: trained to 200 kimg in {run_dir}"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The smoke study end to end.
 
 def _main(args: list[str]) -> int:
@@ -189,6 +234,7 @@ def _main(args: list[str]) -> int:
     return exc.value.code
 
 
+@pytest.mark.slow  # ~1 min on 2 idle cores: 9 subprocesses, two FID-1k evaluations (1,000 renders each)
 def test_smoke_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
     det, out = _detector(tmp_path / "standin.pt"), tmp_path / "study"
