@@ -304,25 +304,27 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
 
 
 def run_study(opts: dict) -> tuple[Path, list[str]]:
-    """Everything `reproduce.py run` does (see the module docstring). Returns (report path, failed steps)."""
+    """Everything `reproduce.py run` does (see the module docstring). Returns (report path, failed steps).
+
+    A failed step is recorded and the study goes on with the steps that do not depend on it.
+    """
     outdir = Path(opts["outdir"])
     outdir.mkdir(parents=True, exist_ok=True)
     _merge_study(outdir, opts)
     rec = Recorder(outdir, device_name())
     failures: list[str] = []
 
-    def attempt(fn: Any, *args: Any) -> bool:
+    def attempt(fn: Any, *args: Any) -> Any:
         try:
-            fn(*args)
-            return True
+            return fn(*args)
         except StepFailed as exc:
             failures.append(str(exc))
             print(f"Error: {exc} (continuing with the next step)", file=sys.stderr, flush=True)
-            return False
-    opts["data"] = {}
-    for fam in dict.fromkeys(opts["families"] + [opts["ablation_family"]] * bool(opts["ablations"])
-                             + [opts["spread_family"]] * (len(opts["seeds"]) > 1)):
-        attempt(lambda f=fam: opts["data"].__setitem__(f, ensure_dataset(rec, opts, f)))
+            return None
+    needed = opts["families"] + [opts["ablation_family"]] * bool(opts["ablations"]) \
+        + [opts["spread_family"]] * (len(opts["seeds"]) > 1)
+    data = {fam: attempt(ensure_dataset, rec, opts, fam) for fam in dict.fromkeys(needed)}
+    opts["data"] = {fam: path for fam, path in data.items() if path is not None}
     plan = results.plan_runs(opts["families"], opts["ablations"], opts["seeds"], opts["ablation_family"],
                              opts["spread_family"], opts["smoke"])
     for run in plan:
@@ -332,8 +334,9 @@ def run_study(opts: dict) -> tuple[Path, list[str]]:
         attempt(noise_floors, rec, opts)
     for run in plan[:len(opts["families"])]:
         attempt(figures, rec, opts, run)
-    cpu = None if opts["smoke"] or not (REPO / "docs/noise_floors.json").is_file() else REPO / "docs/noise_floors.json"
-    report = results.build_report(outdir, opts["report"], cpu)
+    cpu_json = REPO / "docs" / "noise_floors.json"
+    use_cpu = cpu_json.is_file() and not opts["smoke"]
+    report = results.build_report(outdir, opts["report"], cpu_json if use_cpu else None)
     print(f"\nWrote {report}" + (f"; {len(failures)} step(s) failed" if failures else ""), flush=True)
     return report, failures
 

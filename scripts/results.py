@@ -325,7 +325,8 @@ def plot_fid(series: list[tuple[str, list[tuple[float, float]]]], path: str | Pa
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
 
     def px(k: float, v: float) -> tuple[float, float]:
-        return (left + (k - x0) / (x1 - x0) * (W - left - right), H - bottom - (v - y0) / (y1 - y0) * (H - top - bottom))
+        x = left + (k - x0) / (x1 - x0) * (W - left - right)
+        return x, H - bottom - (v - y0) / (y1 - y0) * (H - top - bottom)
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
