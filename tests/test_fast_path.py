@@ -114,3 +114,22 @@ def test_graphed_step_on_cpu_calls_the_step_with_gathered_reals_and_proxies_attr
     reals, idx = calls[0]
     assert idx == 0 and torch.equal(reals, cache.gather(torch.tensor([1, 6])))
     assert torch.equal(reals[1], torch.from_numpy(data[6][0]))
+
+
+def test_compiled_d_falls_back_to_eager_once_with_a_message(monkeypatch, capsys):
+    from training import loss as loss_mod
+
+    def broken_compile(module, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(loss_mod.torch, "compile", broken_compile)
+    layer = torch.nn.Linear(3, 2)
+    wrapped = loss_mod.CompiledWithFallback(layer)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(wrapped(x), layer(x))
+    torch.testing.assert_close(wrapped(x), layer(x))
+    out = capsys.readouterr().out
+    assert out.count("torch.compile of Linear failed (RuntimeError: no compiler here)") == 1
+    assert wrapped.failed

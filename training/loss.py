@@ -111,6 +111,30 @@ class GradGuard:
         self.growth_tracker.copy_(state["growth_tracker"])
 
 
+class CompiledWithFallback:
+    """`torch.compile(module)` that falls back to the eager module, once and with one printed line, if compiling or
+    running the compiled code fails (e.g. no Triton or no C compiler on the machine). The eager module is the
+    reference path; both share the same parameters."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.compiled = torch.compile(module, dynamic=False)
+        self.failed = False
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure; real errors recur in the eager call
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    raise
+                self.failed = True
+                print(f"torch.compile of {type(self.module).__name__} failed ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); continuing with the eager module.",
+                      flush=True)
+        return self.module(*args, **kwargs)
+
+
 class HyperNeRFGANLoss:
     """Loss terms of the three phases. Every phase draws its own z, poses and windows from `generator`."""
 
@@ -127,7 +151,7 @@ class HyperNeRFGANLoss:
         self.d_channels_last = d_channels_last
         # torch.compile'd D for the first-order phases (fuses bias/lrelu/gain/clamp around every conv). R1 needs a
         # double backward, which compiled graphs do not support, so dreg always runs the eager D (same parameters).
-        self.D_first_order = torch.compile(D, dynamic=False) if compile_d else D
+        self.D_first_order = CompiledWithFallback(D) if compile_d else D
 
     def _device(self) -> torch.device:
         return next(self.G.parameters()).device
