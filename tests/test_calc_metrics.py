@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import json
-import warnings
 import zipfile
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-import torch.nn.functional as F
 
 import calc_metrics
 from training.checkpoint import save_network_snapshot
 from training.networks.generator import Generator
 
 
-class _StandIn(torch.nn.Module):
-    """Tiny TorchScript-able feature net fed at 32 px: 4x4 average pooling and a fixed projection -> [N, 16]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.input_size = 32
-        self.register_buffer("proj", torch.randn(48, 16, generator=torch.Generator().manual_seed(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj
-
-
 @pytest.fixture()
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, standin_detector):
     monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
-    detector = tmp_path / "standin.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(_StandIn()), str(detector))
-    return tmp_path, str(detector)
+    return tmp_path, standin_detector
 
 
 def _write_images(folder, n: int, res: int, seed: int, as_zip: bool = False) -> str:

@@ -5,40 +5,18 @@ from __future__ import annotations
 import json
 import re
 import sys
-import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
-import torch
-import torch.nn.functional as F
 
 from dnnlib.util import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import reproduce  # noqa: E402
 import results  # noqa: E402
-
-
-class _StandIn(torch.nn.Module):
-    """Tiny TorchScript feature net fed at 32 px: 4x4 average pooling and a fixed projection -> [N, 16]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.input_size = 32
-        self.register_buffer("proj", torch.randn(48, 16, generator=torch.Generator().manual_seed(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj
-
-
-def _detector(path: Path) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(_StandIn()), str(path))
-    return str(path)
 
 
 def _zip(path: Path, n: int, res: int = 8) -> list[str]:
@@ -235,9 +213,9 @@ def _main(args: list[str]) -> int:
 
 
 @pytest.mark.slow  # ~1 min on 2 idle cores: 9 subprocesses, two FID-1k evaluations (1,000 renders each)
-def test_smoke_study_end_to_end(tmp_path, monkeypatch):
+def test_smoke_study_end_to_end(tmp_path, monkeypatch, standin_detector):
     monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
-    det, out = _detector(tmp_path / "standin.pt"), tmp_path / "study"
+    det, out = standin_detector, tmp_path / "study"
     args = ["run", "--outdir", out, "--smoke", "--families", "cars", "--ablations", "", "--seeds", "0",
             "--resolution", "16", "--detector", det]
     assert _main(args) == 0
