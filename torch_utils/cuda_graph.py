@@ -31,10 +31,6 @@ class StepGraph:
         self.output: Any = None
         self.generators = [g for g in generators if g.device.type == "cuda"]
 
-    @property
-    def captured(self) -> bool:
-        return self.graph is not None
-
     def __call__(self) -> Any:
         self.calls += 1
         if not self.enabled:
@@ -55,9 +51,3 @@ class StepGraph:
                 self.output = self.fn()
         self.graph.replay()
         return self.output
-
-    def reset(self) -> None:
-        """Drop the captured graph (e.g. after the module set changed); the next calls warm up again."""
-        self.graph = None
-        self.calls = 0
-        self.output = None

@@ -32,7 +32,6 @@ class DeviceImageCache:
             images[i] = np.asarray(dataset[i][0])
         self.num_images = n
         self.images = torch.from_numpy(images).to(device)                     # [N, C, H, W] uint8
-        self.nbytes = images.nbytes
 
     @staticmethod
     def distinct_images(dataset: Any) -> int:
@@ -105,10 +104,6 @@ class GraphedTrainStep:
                               pool=self.pool, generators=generators)
             self.graphs[key] = graph
         graph()
-
-    def reset(self) -> None:
-        """Forget captured graphs (call after loading a training state into the step's tensors)."""
-        self.graphs.clear()
 
 
 def device_index_batches(indices: Any, batch: int, device: torch.device | str, steps_per_upload: int = 512):
