@@ -225,6 +225,19 @@ def common_options(fn: Callable) -> Callable:
     return fn
 
 
+def still_options(fn: Callable) -> Callable:
+    """--seeds, --outdir, --resolution, --pose, shared by the per-seed image subcommands (images, depth)."""
+    fn = click.option("--pose", type=str, default="random", show_default=True,
+                      help="'random' (the prior, tied to the seed), 'front' or 'AZ,EL' in degrees.")(fn)
+    fn = click.option("--resolution", type=click.IntRange(min=1), default=None,
+                      help="Render at this many pixels per side (same field of view)  "
+                           "[default: the training resolution]")(fn)
+    fn = click.option("--outdir", type=str, required=True,
+                      help="Output folder (files of the given seeds are overwritten).")(fn)
+    fn = click.option("--seeds", type=str, required=True, help="Seeds, e.g. '0-7' or '1,5,9'.")(fn)
+    return fn
+
+
 def video_options(fn: Callable) -> Callable:
     """--out, --fps, --quality, --force, shared by the video subcommands."""
     fn = click.option("--force", is_flag=True, help="Overwrite an existing video (and strip) at --out.")(fn)
@@ -243,12 +256,7 @@ def cli() -> None:
 
 @cli.command()
 @common_options
-@click.option("--seeds", type=str, required=True, help="Seeds, e.g. '0-7' or '1,5,9'.")
-@click.option("--outdir", type=str, required=True, help="Folder for seedNNNN.png (existing seeds are overwritten).")
-@click.option("--resolution", type=click.IntRange(min=1), default=None,
-              help="Render at this many pixels per side (same field of view)  [default: the training resolution]")
-@click.option("--pose", type=str, default="random", show_default=True,
-              help="'random' (the prior, tied to the seed), 'front' or 'AZ,EL' in degrees.")
+@still_options
 @click.option("--sheet", type=str, default=None,
               help="Also write all seeds as one contact-sheet PNG (near-square grid) to this path.")
 def images(network: str, device: str | None, psi: float, ray_chunk: int, seeds: str, outdir: str,
@@ -381,12 +389,7 @@ def depth_to_uint16(depth: torch.Tensor, opacity: torch.Tensor) -> np.ndarray:
 
 @cli.command()
 @common_options
-@click.option("--seeds", type=str, required=True, help="Seeds, e.g. '0-7' or '1,5,9'.")
-@click.option("--outdir", type=str, required=True, help="Output folder (existing seeds are overwritten).")
-@click.option("--resolution", type=click.IntRange(min=1), default=None,
-              help="Render at this many pixels per side (same field of view)  [default: the training resolution]")
-@click.option("--pose", type=str, default="random", show_default=True,
-              help="'random' (the prior, tied to the seed), 'front' or 'AZ,EL' in degrees.")
+@still_options
 def depth(network: str, device: str | None, psi: float, ray_chunk: int, seeds: str, outdir: str,
           resolution: int | None, pose: str) -> None:
     """Per seed: seedNNNN.png (RGB), seedNNNN_opacity.png (8-bit), seedNNNN_depth.png (16-bit).

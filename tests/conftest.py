@@ -29,3 +29,13 @@ def standin_detector(tmp_path) -> str:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(_StandIn()), str(path))
     return str(path)
+
+
+def invoke(main, args: list, capsys=None) -> tuple[int, str, str]:
+    """Run a CLI's `main` (a dnnlib.util.run_cli wrapper, which always exits) in-process.
+
+    Returns (exit code, stdout, stderr); the outputs are empty strings without capsys."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out = capsys.readouterr() if capsys is not None else None
+    return exc.value.code, (out.out if out else ""), (out.err if out else "")

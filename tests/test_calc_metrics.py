@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import invoke
 import torch
 
 import calc_metrics
@@ -37,10 +38,8 @@ def _write_images(folder, n: int, res: int, seed: int, as_zip: bool = False) -> 
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        calc_metrics.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+    """Run the CLI in-process through its run_cli wrapper; returns (exit code, stdout, stderr)."""
+    return invoke(calc_metrics.main, args, capsys)
 
 
 def test_compare_two_image_sets(env, capsys):

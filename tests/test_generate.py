@@ -8,6 +8,7 @@ from pathlib import Path
 import imageio.v2 as iio
 import numpy as np
 import pytest
+from conftest import invoke
 import torch
 from PIL import Image
 
@@ -34,10 +35,7 @@ def snapshot(tmp_path_factory) -> str:
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:
     """Run the CLI in-process through its run_cli wrapper; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        generate.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+    return invoke(generate.main, args, capsys)
 
 
 def png(path) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import invoke
 
 from dnnlib.util import UserError
 
@@ -207,9 +208,7 @@ def test_train_commands_fresh_resume_and_skip(tmp_path):
 # The smoke study end to end.
 
 def _main(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exc:
-        reproduce.main([str(a) for a in args])
-    return exc.value.code
+    return invoke(reproduce.main, args)[0]
 
 
 @pytest.mark.slow  # ~1 min on 2 idle cores: 9 subprocesses, two FID-1k evaluations (1,000 renders each)
