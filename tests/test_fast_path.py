@@ -132,4 +132,5 @@ def test_compiled_d_falls_back_to_eager_once_with_a_message(monkeypatch, capsys)
     torch.testing.assert_close(wrapped(x), layer(x))
     out = capsys.readouterr().out
     assert out.count("torch.compile of Linear failed (RuntimeError: no compiler here)") == 1
+    assert "continuing with the eager code" in out
     assert wrapped.failed

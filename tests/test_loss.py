@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.augment import AugmentPipe
-from training.loss import GradGuard, HyperNeRFGANLoss, ema_beta, lazy_reg_hparams, make_optimizer, update_ema
+from training.loss import (GradGuard, HyperNeRFGANLoss, ema_beta, lazy_reg_hparams, make_optimizer, pair_batches,
+                           unpair_batches, update_ema)
 from training.phases import resolve_precision
 
 
@@ -39,7 +40,11 @@ class TinyG(nn.Module):
     def sample_windows(self, n, patch_size, generator=None, device=None):
         return torch.zeros([n, 2], dtype=torch.int64, device=device)
 
-    def forward(self, z, c2w, window=None, patch_size=None, perturb=False, generator=None, update_w_avg=False):
+    def sample_randomness(self, n, patch_size=None, generator=None, device=None):
+        return None, None
+
+    def forward(self, z, c2w, window=None, patch_size=None, perturb=False, generator=None, update_w_avg=False,
+                randomness=None):
         return torch.tanh(self.img).expand(z.shape[0], 3, patch_size, patch_size) + 0 * z.sum()
 
 
@@ -144,6 +149,71 @@ def test_loss_scaler_unscales_skips_and_adapts():
     other = GradGuard([p], torch.device("cpu"), dynamic=True, init_scale=1.0)
     other.load_state_dict(state)
     assert other.scale.item() == 1024.0
+
+
+def test_attached_fused_adam_skips_a_flagged_step_on_the_device():
+    p = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = make_optimizer([p], 0.1, (0.0, 0.99), 1e-8, torch.device("cpu"))
+    guard = GradGuard([p], torch.device("cpu"), dynamic=True, init_scale=8.0)
+    assert guard.attach(opt)
+    assert not GradGuard([p], torch.device("cpu"), dynamic=False).attach(opt)       # fp32 never skips
+    p.grad = torch.tensor([8.0, 16.0])                                                # clean: unscaled, stepped
+    assert guard.unscale_and_check().item() is False
+    torch.testing.assert_close(p.grad, torch.tensor([1.0, 2.0]))
+    opt.step()
+    after_clean = p.detach().clone()
+    assert not torch.equal(after_clean, torch.tensor([1.0, -2.0]))
+    moments = {k: v.clone() for k, v in opt.state[p].items()}
+    p.grad = torch.tensor([float("nan"), 1.0])                                        # bad: skipped entirely
+    assert guard.unscale_and_check().item() is True and guard.found_inf.item() == 1.0
+    opt.step()
+    torch.testing.assert_close(p.detach(), after_clean)
+    for k, v in opt.state[p].items():
+        torch.testing.assert_close(v, moments[k])                                    # moments and step count too
+    assert guard.scale.item() == 4.0
+    p.grad = torch.tensor([4.0, 4.0])                                                 # and the next clean one runs
+    assert guard.unscale_and_check().item() is False
+    opt.step()
+    assert not torch.equal(p.detach(), after_clean)
+
+
+@pytest.mark.parametrize("n", [4, 8, 2])
+def test_one_d_call_for_fakes_and_reals_equals_two(n):
+    from training.networks.discriminator import Discriminator
+    torch.manual_seed(0)
+    D = Discriminator(16, channel_base=256, channel_max=32).double()
+    a, b = torch.randn(n, 3, 16, 16, dtype=torch.float64), torch.randn(n, 3, 16, 16, dtype=torch.float64)
+    group = min(4, n)
+    back = unpair_batches(pair_batches(a, b, group), group)
+    assert torch.equal(back[0], a) and torch.equal(back[1], b)
+    loss = HyperNeRFGANLoss(Generator_small(), D, None, 16, 1.0)
+    assert loss._mbstd_group(n) == (4 if n >= 4 else None)
+    la, lb = loss.score_pair(a, b)
+    torch.testing.assert_close(la, D(a).float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(lb, D(b).float(), rtol=0, atol=1e-6)
+
+
+def Generator_small():
+    from training.networks.generator import Generator
+    return Generator(width=16, num_layers=2, img_resolution=16, num_samples=4)
+
+
+def test_g_render_from_predrawn_randomness_is_exact_and_compiles_without_graph_breaks():
+    G = Generator_small()
+    loss = HyperNeRFGANLoss(G, LinearD(8), None, 8, 1.0, generator=torch.Generator().manual_seed(3))
+    img = loss.run_G(2)
+    gen = torch.Generator().manual_seed(3)
+    z, c2w = G.sample_z(2, generator=gen), G.sample_poses(2, generator=gen)
+    window = G.sample_windows(2, 8, generator=gen)
+    assert torch.equal(img, G(z, c2w, window=window, patch_size=8, perturb=True, generator=gen))
+    u, noise = G.sample_randomness(2, 8, generator=torch.Generator().manual_seed(4))
+    assert u.shape == noise.shape == (2, 64, 4)
+    compiled = torch.compile(loss._render_eager, backend="aot_eager", fullgraph=True)
+    ref = loss._render_eager(z, c2w, window, u, noise, False)
+    out = compiled(z, c2w, window, u, noise, False)
+    torch.testing.assert_close(out, ref)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in G.parameters())
 
 
 def test_resolve_precision_on_cpu():

@@ -27,11 +27,13 @@ def lazy_reg_hparams(lr: float, beta1: float, beta2: float, reg_interval: int | 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float], eps: float,
                    device: torch.device) -> torch.optim.Adam:
-    """Adam; fused on CUDA (capturable, so it can live inside a CUDA graph), foreach on CPU."""
+    """Fused Adam (on CUDA also capturable, so it can live inside a CUDA graph); foreach Adam where this PyTorch has
+    no fused Adam for the device. The fused one can skip a step on the device (GradGuard.attach)."""
     params = list(params)
-    if device.type == "cuda":
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True, capturable=True)
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, foreach=True)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True, capturable=device.type == "cuda")
+    except RuntimeError:
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, foreach=True)
 
 
 def ema_beta(batch: int, cur_nimg: torch.Tensor, ema_kimg: float, ema_rampup: float) -> torch.Tensor:
@@ -58,9 +60,11 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: torch.Tensor) -
 class GradGuard:
     """Per-optimiser gradient guard, entirely on device.
 
-    dynamic=True (fp16): the loss is multiplied by `scale`; after backward the gradients are unscaled, and a step with
-    any non-finite gradient is skipped (all gradients zeroed: with beta1 = 0 Adam then leaves the weights unchanged),
-    the scale halves; after `growth_interval` clean steps it doubles.
+    dynamic=True (fp16): the loss is multiplied by `scale`; after backward one multi-tensor kernel unscales the
+    gradients and flags non-finite values (`found_inf`); a flagged step is skipped and the scale halves; after
+    `growth_interval` clean steps it doubles. The skip: an optimiser bound with `attach` (fused Adam) reads
+    `found_inf` and leaves weights and moments untouched on the device; without one, all gradients are zeroed (with
+    beta1 = 0 Adam then leaves the weights unchanged).
     dynamic=False: gradients are sanitised like the reference (nan -> 0, +-inf -> +-1e5). Either way the bad step is
     reported and returned as a 0-dim bool tensor so the caller can count it.
     """
@@ -72,6 +76,17 @@ class GradGuard:
         self.growth_interval = growth_interval
         self.scale = torch.tensor(init_scale if dynamic else 1.0, dtype=torch.float32, device=device)
         self.growth_tracker = torch.zeros([], dtype=torch.int64, device=device)
+        self.found_inf = torch.zeros([], dtype=torch.float32, device=device)   # 1.0: this step had non-finite grads
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Let `optimizer` skip flagged steps itself (fused Adam reads `found_inf`); dynamic mode only.
+        Returns whether it was attached (optimisers without device-side skipping get zeroed gradients instead)."""
+        if not (self.dynamic and getattr(optimizer, "_step_supports_amp_scaling", False)):
+            return False
+        optimizer.found_inf = self.found_inf
+        self.optimizer = optimizer
+        return True
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.scale if self.dynamic else loss
@@ -81,19 +96,22 @@ class GradGuard:
         """Unscale, detect and handle non-finite gradients; returns `bad` (0-dim bool on device)."""
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
+            self.found_inf.zero_()
             return torch.zeros([], dtype=torch.bool, device=self.scale.device)
         if self.dynamic:
-            torch._foreach_mul_(grads, (1.0 / self.scale).to(grads[0].dtype))
+            self.found_inf.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self.scale.reciprocal())
+            bad = self.found_inf > 0
+            if self.optimizer is None:
+                keep = (~bad).to(grads[0].dtype)
+                for g in grads:
+                    torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0).mul_(keep)
+            self._update_scale(bad)
+            return bad
         norms = torch.stack(torch._foreach_norm(grads))                         # [num_params]
         bad = ~torch.isfinite(norms).all()
-        if self.dynamic:
-            keep = (~bad).to(grads[0].dtype)
-            for g in grads:
-                torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0).mul_(keep)
-            self._update_scale(bad)
-        else:
-            for g in grads:
-                torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
         return bad
 
     def _update_scale(self, bad: torch.Tensor) -> None:
@@ -112,12 +130,13 @@ class GradGuard:
 
 
 class CompiledWithFallback:
-    """`torch.compile(module)` that falls back to the eager module, once and with one printed line, if compiling or
-    running the compiled code fails (e.g. no Triton or no C compiler on the machine). The eager module is the
-    reference path; both share the same parameters."""
+    """`torch.compile(fn)` (a module or a function) that falls back to the eager `fn`, once and with one printed line,
+    if compiling or running the compiled code fails (e.g. no Triton or no C compiler on the machine). The eager `fn`
+    is the reference path; both share the same parameters."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module, name: str | None = None) -> None:
         self.module = module
+        self.name = name or type(module).__name__
         self.compiled = torch.compile(module, dynamic=False)
         self.failed = False
 
@@ -129,10 +148,27 @@ class CompiledWithFallback:
                 if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
                     raise
                 self.failed = True
-                print(f"torch.compile of {type(self.module).__name__} failed ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''}); continuing with the eager module.",
+                print(f"torch.compile of {self.name} failed ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); continuing with the eager code.",
                       flush=True)
         return self.module(*args, **kwargs)
+
+
+def pair_batches(a: torch.Tensor, b: torch.Tensor, group: int) -> torch.Tensor:
+    """Interleave a, b [n, ...] into [2n, ...] so that strided minibatch-stddev groups (sample i in group i mod
+    (N / group)) of the 2n batch are exactly a's groups and b's groups: index g*2k + s*k + j holds (a, b)[s][g*k + j],
+    k = n / group."""
+    n = a.shape[0]
+    k = n // group
+    return torch.stack([a.reshape(group, k, *a.shape[1:]), b.reshape(group, k, *b.shape[1:])], dim=1) \
+        .reshape(2 * n, *a.shape[1:])
+
+
+def unpair_batches(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of pair_batches: [2n, ...] -> (a [n, ...], b [n, ...])."""
+    n = x.shape[0] // 2
+    y = x.reshape(group, 2, n // group, *x.shape[1:])
+    return y[:, 0].reshape(n, *x.shape[1:]), y[:, 1].reshape(n, *x.shape[1:])
 
 
 class HyperNeRFGANLoss:
@@ -141,7 +177,7 @@ class HyperNeRFGANLoss:
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, augment_pipe: torch.nn.Module | None,
                  patch_size: int, r1_gamma: float, generator: torch.Generator | None = None,
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
-                 d_channels_last: bool = False, compile_d: bool = False) -> None:
+                 d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.patch_size = patch_size
         self.r1_gamma = r1_gamma
@@ -152,6 +188,9 @@ class HyperNeRFGANLoss:
         # torch.compile'd D for the first-order phases (fuses bias/lrelu/gain/clamp around every conv). R1 needs a
         # double backward, which compiled graphs do not support, so dreg always runs the eager D (same parameters).
         self.D_first_order = CompiledWithFallback(D) if compile_d else D
+        # G's rendering (mapping, FMM weights, rays, encoding, MLP, compositing) as one compiled function of tensors:
+        # every random draw happens before it (run_G), so no torch.Generator enters the compiled code.
+        self._render = CompiledWithFallback(self._render_eager, "G") if compile_g else self._render_eager
 
     def _device(self) -> torch.device:
         return next(self.G.parameters()).device
@@ -162,23 +201,65 @@ class HyperNeRFGANLoss:
         return torch.autocast(device_type=self._device().type, dtype=self.g_dtype)
 
     def run_G(self, n: int, update_w_avg: bool = False) -> torch.Tensor:
-        """Render n fake P x P patches with fresh z, poses and windows; training noise on. -> [n, 3, P, P] fp32."""
+        """Render n fake P x P patches with fresh z, poses and windows; training noise on. -> [n, 3, P, P] fp32.
+
+        Draw order from the generator: z, poses, windows, stratified offsets, density noise (the order G.forward
+        would draw them in), so the result equals G(z, ..., generator=gen) exactly.
+        """
         gen, dev = self.generator, self._device()
         z = self.G.sample_z(n, generator=gen, device=dev)                               # [n, z_dim]
         c2w = self.G.sample_poses(n, generator=gen, device=dev)                         # [n, 4, 4]
         window = self.G.sample_windows(n, self.patch_size, generator=gen, device=dev)   # [n, 2]
-        with self._autocast():
-            img = self.G(z, c2w, window=window, patch_size=self.patch_size, perturb=True, generator=gen,
-                         update_w_avg=update_w_avg)
-        return img.float()                                                              # [n, 3, P, P]
+        u, noise = self.G.sample_randomness(n, self.patch_size, generator=gen, device=dev)  # [n, P*P, S] each
+        return self._render(z, c2w, window, u, noise, update_w_avg)                     # [n, 3, P, P]
 
-    def run_D(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
-        """Augment (crops reals larger than P) and score. img: [n, 3, H, W] -> logits [n, 1] fp32."""
+    def _render_eager(self, z: torch.Tensor, c2w: torch.Tensor, window: torch.Tensor, u: torch.Tensor | None,
+                      noise: torch.Tensor | None, update_w_avg: bool) -> torch.Tensor:
+        """G's perturbed patch render from pre-drawn randomness (a pure function of tensors, compilable)."""
+        with self._autocast():
+            img = self.G(z, c2w, window=window, patch_size=self.patch_size, perturb=True,
+                         update_w_avg=update_w_avg, randomness=(u, noise))
+        return img.float()
+
+    def augment(self, img: torch.Tensor) -> torch.Tensor:
+        """The augment pipe (crops reals larger than P; identity without a pipe). [n, 3, H, W] -> [n, 3, P, P]."""
         if self.augment_pipe is not None:
             img = self.augment_pipe(img, generator=self.generator)
+        return img
+
+    def score(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
+        """D logits of augmented patches [n, 3, P, P] -> [n, 1] fp32 (the compiled D unless R1 needs the eager one)."""
         extra = {"channels_last": True} if self.d_channels_last else {}
         D = self.D if double_backward else self.D_first_order
         return D(img, mp_dtype=self.d_dtype, **extra).float()
+
+    def run_D(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
+        """Augment (crops reals larger than P) and score. img: [n, 3, H, W] -> logits [n, 1] fp32."""
+        return self.score(self.augment(img), double_backward)
+
+    def _mbstd_group(self, n: int) -> int | None:
+        """Group size G such that D on a pair batch built by `pair_batches` equals D on each half (None: cannot).
+
+        D's only cross-sample op is the minibatch stddev over strided groups of min(group, N) samples; two halves of
+        n samples keep their own groups in one batch of 2n when min(group, n) == min(group, 2n), i.e. n >= group.
+        """
+        epilogue = getattr(self.D, "b4", None)
+        if epilogue is None or not hasattr(epilogue, "mbstd_group_size"):
+            return None
+        group = epilogue.mbstd_group_size
+        if epilogue.mbstd_num_channels == 0:
+            return 1
+        return group if n >= group and n % group == 0 else None
+
+    def score_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D logits of two batches of n patches in one D call when that is exact, else two calls. -> ([n, 1], [n, 1])."""
+        n = a.shape[0]
+        group = self._mbstd_group(n) if b.shape[0] == n else None
+        if group is None:
+            return self.score(a), self.score(b)
+        logits = self.score(pair_batches(a, b, group))                                  # [2n, 1]
+        return unpair_batches(logits, group)
+
 
     def gmain(self, n: int) -> torch.Tensor:
         """Non-saturating G loss (mean over n fakes)."""
@@ -193,8 +274,8 @@ class HyperNeRFGANLoss:
         """D loss on fresh fakes and the reals. real: [n, 3, H, W] in [-1, 1]. Returns (loss, sum of sign(D(real)))."""
         with torch.no_grad():
             fake = self.run_G(real.shape[0])
-        fake_logits = self.run_D(fake)                                                  # [n, 1]
-        real_logits = self.run_D(real)                                                  # [n, 1]
+        # Augment fakes then reals (the draw order of two run_D calls), then score both in one D call where exact.
+        fake_logits, real_logits = self.score_pair(self.augment(fake), self.augment(real))  # [n, 1] each
         loss = F.softplus(fake_logits) + F.softplus(-real_logits)
         training_stats.report("Loss/scores/fake", fake_logits)
         training_stats.report("Loss/scores/real", real_logits)

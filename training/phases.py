@@ -50,10 +50,13 @@ class TrainStep:
         self.opt_D = make_optimizer(self.D_params, d_lr, d_betas, cfg.eps, device)
         self.guard_G = GradGuard(self.G_params, device, dynamic, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
         self.guard_D = GradGuard(self.D_params, device, dynamic, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
+        self.guard_G.attach(self.opt_G)   # fp16: fused Adam skips steps with non-finite gradients on the device
+        self.guard_D.attach(self.opt_D)
         self.loss = HyperNeRFGANLoss(G, D, augment_pipe, cfg.patch_size, cfg.r1_gamma, generator=generator,
                                      g_dtype=dtype, d_dtype=dtype,
                                      d_channels_last=cfg.d_channels_last and device.type == "cuda",
-                                     compile_d=cfg.d_compile and device.type == "cuda")
+                                     compile_d=cfg.d_compile and device.type == "cuda",
+                                     compile_g=cfg.g_compile and device.type == "cuda")
         z = lambda dt=torch.int64: torch.zeros([], dtype=dt, device=device)  # noqa: E731
         self.cur_nimg = z()                      # images shown to D over all ranks
         self.bad_consec = z()                    # current run of consecutive steps with non-finite gradients

@@ -14,7 +14,7 @@ from torch_utils.persistence import persistent_class
 from training.networks.mapping import MappingNetwork
 from training.networks.nerf import NeRFMLP
 from training.rendering import camera
-from training.rendering.renderer import FieldFn, render_image
+from training.rendering.renderer import FieldFn, Randomness, draw_randomness, render_image
 from training.rendering.volume import density_activation
 
 Output = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -89,6 +89,17 @@ class Generator(nn.Module):
         return camera.sample_windows(n, self.img_resolution, patch_size, generator=generator,
                                      device=self._device(generator, device))
 
+    def sample_randomness(self, n: int, patch_size: int | None = None, generator: torch.Generator | None = None,
+                          device: torch.device | str | None = None) -> Randomness:
+        """The renderer's draws of a perturbed render (perturb=True) of n P x P windows (or full images when P is
+        None), drawn now in the order the renderer would draw them: pass the result to forward / synthesis as
+        `randomness` to render exactly what a call with `generator` would, with no generator inside the call."""
+        self._check_patch(patch_size)
+        side = self.img_resolution if patch_size is None else patch_size
+        return draw_randomness(n, side * side, self.num_samples, perturb=self.perturb > 0,
+                               raw_noise_std=self.raw_noise_std, generator=generator,
+                               device=self._device(generator, device))
+
     def _check_patch(self, patch_size: int | None) -> None:
         if patch_size is not None and not 1 <= patch_size <= self.img_resolution:
             raise UserError(f"patch_size={patch_size} must lie in 1..img_resolution ({self.img_resolution}).")
@@ -105,9 +116,11 @@ class Generator(nn.Module):
 
     def synthesis(self, w: torch.Tensor, c2w: torch.Tensor, window: torch.Tensor | None = None,
                   patch_size: int | None = None, perturb: bool = False, generator: torch.Generator | None = None,
-                  ray_chunk: int | None = None, return_aux: bool = False) -> Output:
+                  ray_chunk: int | None = None, return_aux: bool = False,
+                  randomness: Randomness | None = None) -> Output:
         """Render w [B, w_dim] from c2w [B, 4, 4]: full images, or P x P windows [B, 2] (row0, col0).
 
+        randomness: (perturb=True only) the draws from `sample_randomness`, instead of drawing from `generator`.
         Returns img [B, 3, h, w] in [-1, 1] (fp32), and with return_aux also dict(depth, opacity [B, 1, h, w]).
         """
         if (window is None) != (patch_size is None):
@@ -122,21 +135,26 @@ class Generator(nn.Module):
                                 near=self.near, far=self.far, num_samples=self.num_samples,
                                 perturb=perturb and self.perturb > 0,
                                 raw_noise_std=self.raw_noise_std if perturb else 0.0, generator=generator,
-                                ray_chunk=ray_chunk, pixel_center=self.pixel_center, fov_x_rad=self.fov_x_rad)
+                                ray_chunk=ray_chunk, pixel_center=self.pixel_center, fov_x_rad=self.fov_x_rad,
+                                randomness=randomness if perturb else None)
         return (img, aux) if return_aux else img
 
     def forward(self, z: torch.Tensor, c2w: torch.Tensor | None = None, window: torch.Tensor | None = None,
                 patch_size: int | None = None, perturb: bool = False, psi: float = 1.0,
                 generator: torch.Generator | None = None, update_w_avg: bool = False,
-                ray_chunk: int | None = None, return_aux: bool = False) -> Output:
-        """z [B, z_dim] -> img [B, 3, h, w]; poses from the prior when c2w is None, windows drawn when only P given."""
+                ray_chunk: int | None = None, return_aux: bool = False,
+                randomness: Randomness | None = None) -> Output:
+        """z [B, z_dim] -> img [B, 3, h, w]; poses from the prior when c2w is None, windows drawn when only P given.
+
+        randomness: pre-drawn renderer randomness (`sample_randomness`, perturb=True only); None draws it here.
+        """
         w = self.mapping(z, psi=psi, update_w_avg=update_w_avg)
         if c2w is None:
             c2w = self.sample_poses(z.shape[0], generator=generator, device=z.device)
         if patch_size is not None and window is None:
             window = self.sample_windows(z.shape[0], patch_size, generator=generator, device=z.device)
         return self.synthesis(w, c2w, window=window, patch_size=patch_size, perturb=perturb, generator=generator,
-                              ray_chunk=ray_chunk, return_aux=return_aux)
+                              ray_chunk=ray_chunk, return_aux=return_aux, randomness=randomness)
 
     def query_field(self, w: torch.Tensor, pts: torch.Tensor,
                     point_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,13 +38,17 @@ def stratify(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def sample_depths(near: float, far: float, num_samples: int, shape: tuple[int, ...], perturb: bool = False,
                   generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Depths [*shape, N] along every ray: linear in [near, far], stratified-jittered when perturb=True."""
+                  dtype: torch.dtype = torch.float32, u: torch.Tensor | None = None) -> torch.Tensor:
+    """Depths [*shape, N] along every ray: linear in [near, far], stratified-jittered when perturb=True.
+
+    u: pre-drawn uniform offsets [*shape, N] (perturb only); None draws them here from `generator`.
+    """
     t = linear_depths(near, far, num_samples, device, dtype)           # [N]
     if not perturb:
         return t.expand(*shape, num_samples)
-    u = torch.rand([*shape, num_samples], generator=generator, device=device, dtype=dtype)
-    return stratify(t, u)                                              # [*shape, N]
+    if u is None:
+        u = torch.rand([*shape, num_samples], generator=generator, device=device, dtype=dtype)
+    return stratify(t, u.to(dtype))                                    # [*shape, N]
 
 
 def positional_encoding(x: torch.Tensor, multires: int = 10) -> torch.Tensor:
