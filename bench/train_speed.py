@@ -6,8 +6,9 @@ Variants per setting (identical initial weights and seeds):
   naive         the reference's structure (bench/naive.py): per-object loop, CPU rays + encoding, per-point
                 matmul, fp32 G (D in fp16 blocks, as the reference)
   eager         our batched TrainStep without CUDA graphs (precision auto = fp16 + loss scaling), plain D
-  graphs_only   reals on the device + one CUDA graph per phase pattern, plain D (NCHW, not compiled)
-  default       what train.py runs on a GPU: graphs + D in channels_last and torch.compile'd (R1 eager), fp16
+  graphs_only   reals on the device + one CUDA graph per phase pattern, plain D (NCHW, not compiled), eager G
+  d_compiled    graphs + D in channels_last and torch.compile'd (R1 eager), eager G render
+  default       what train.py runs on a GPU: d_compiled + G's patch render torch.compile'd, fp16
   default_bf16  the same in bf16
 Gates run before timing: batched G == naive G (fp32), bf16/fp16 images close to fp32 with aligned G gradients,
 graphed steps == eager steps. Memory is capped (default 14.5 GiB, a T4's allocatable memory) to emulate a T4.
@@ -167,6 +168,29 @@ def gate_images(presets: str, device) -> dict:
     return out
 
 
+def gate_compiled_g(presets: str, device) -> dict:
+    """Compiled vs eager G patch render (the training path, fp16 autocast), same weights and pre-drawn randomness:
+    image max abs difference and G-gradient cosine."""
+    cfg = make_cfg(presets, "fp16")
+    nets, step = make_step(cfg, device)
+    G, loss = nets.G, step.loss
+    g = torch.Generator(device=device).manual_seed(7)
+    args = (G.sample_z(4, generator=g), G.sample_poses(4, generator=g), G.sample_windows(4, cfg.patch_size, generator=g),
+            *G.sample_randomness(4, cfg.patch_size, generator=g))
+    outs = []
+    for fn in (loss._render_eager, loss._render):
+        img = fn(*args, False)
+        weight = torch.ones_like(img).normal_(generator=torch.Generator(device=device).manual_seed(1))
+        grads = torch.autograd.grad((img * weight).sum(), list(G.parameters()))
+        outs.append((img.detach(), torch.cat([x.flatten() for x in grads])))
+    (img_e, g_e), (img_c, g_c) = outs
+    res = {"max_abs": (img_c - img_e).abs().max().item(),
+           "grad_cos": torch.nn.functional.cosine_similarity(g_c, g_e, dim=0).item(),
+           "compiled": not getattr(loss._render, "failed", True)}
+    res["pass"] = res["compiled"] and res["grad_cos"] >= 0.999
+    return res
+
+
 def gate_graph(presets: str, device, data, steps: int = 50) -> dict:
     """Eager steps vs graphed steps from identical state and RNG (fp32): max relative G/D parameter difference."""
     finals = []
@@ -243,6 +267,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--naive-steps", type=int, default=8)
     ap.add_argument("--detector", default=None)
+    ap.add_argument("--variants", default=None, help="Comma list of training variants to run (default: all).")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +281,8 @@ def main() -> None:
     t4, std = "carla,t4", "cars,standard"
     if "gates" in sections:
         RESULTS["sections"]["gates"] = {"t4_images": gate_images(t4, device), "std_images": gate_images(std, device),
+                                        "t4_compiled_g": gate_compiled_g(t4, device),
+                                        "std_compiled_g": gate_compiled_g(std, device),
                                         "t4_graph": gate_graph(t4, device, data)}
         print(json.dumps(RESULTS["sections"]["gates"], indent=1), flush=True)
         save(out)
@@ -265,10 +292,13 @@ def main() -> None:
         rows = []
         plain = ("d_channels_last=false", "d_compile=false")
         variants = [("naive", "fp32", False, True, plain), ("eager", "auto", False, False, plain),
-                    ("graphs_only", "auto", True, False, plain), ("default", "auto", True, False, ()),
-                    ("default_bf16", "bf16", True, False, ())]
+                    ("graphs_only", "auto", True, False, plain + ("g_compile=false",)),
+                    ("d_compiled", "auto", True, False, ("g_compile=false",)),
+                    ("default", "auto", True, False, ()), ("default_bf16", "bf16", True, False, ())]
         if sec_name == "standard":
             variants = [v for v in variants if v[0] != "default_bf16"]
+        if args.variants:
+            variants = [v for v in variants if v[0] in args.variants.split(",")]
         for name, prec, graphed, naive, extra in variants:
             steps = args.naive_steps if naive else (args.steps if sec_name == "t4" else max(30, args.steps // 6))
             try:
