@@ -26,13 +26,17 @@ device and the wall time of every session of that run.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -130,22 +134,43 @@ class Recorder:
     def __init__(self, outdir: Path, device: str) -> None:
         self.outdir, self.device = outdir, device
         self.path = outdir / "commands.txt"
+        self.lock = threading.Lock()          # --jobs: several runs record their commands at once
+        self.stopping = False                 # set by SIGTERM / SIGINT: no new step starts
+        self.children: set[subprocess.Popen] = set()
 
     def _append(self, lines: list[str]) -> None:
-        old = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
-        util.atomic_write_text(self.path, old + "".join(line + "\n" for line in lines))
+        with self.lock:
+            old = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
+            util.atomic_write_text(self.path, old + "".join(line + "\n" for line in lines))
+
+    def stop(self, signum: int, _frame: Any = None) -> None:
+        """Signal handler: pass the signal on to running steps (train.py writes a training state on SIGTERM and
+        exits; `run` continues it later) and start nothing new."""
+        self.stopping = True
+        for child in list(self.children):
+            with contextlib.suppress(OSError):
+                child.send_signal(signum)
 
     def run(self, argv: list[str], label: str, session_file: Path | None = None, capture: bool = False) -> str:
         """Run `python ARGV...` (this interpreter). Returns its stdout when `capture`. Raises StepFailed."""
         shown = shlex.join(["python", *argv])
+        if self.stopping:
+            raise StepFailed(f"[{label}] not started: the study was interrupted")
         print(f"\n[{label}] $ {shown}", flush=True)
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._append([f"# {started} [{label}] on {self.device}", shown])
         t0 = time.time()
-        proc = subprocess.run([sys.executable, *argv], stdout=subprocess.PIPE if capture else None, text=True)
+        proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE if capture else None, text=True)
+        with self.lock:
+            self.children.add(proc)
+        try:
+            stdout, _ = proc.communicate()
+        finally:
+            with self.lock:
+                self.children.discard(proc)
         seconds = time.time() - t0
         if capture:
-            print(proc.stdout, end="", flush=True)
+            print(stdout, end="", flush=True)
         if session_file is not None:
             meta = json.loads(session_file.read_text(encoding="utf-8")) if session_file.is_file() else {}
             meta.setdefault("sessions", []).append(dict(stage=label, command=shown, started=started,
@@ -153,9 +178,9 @@ class Recorder:
             meta["device"] = self.device
             util.atomic_write_text(session_file, json.dumps(meta, indent=2) + "\n")
         if proc.returncode != 0:
-            self._append([f"# ^ failed with exit status {proc.returncode}"])
+            self._append([f"# ^ [{label}] failed with exit status {proc.returncode}"])
             raise StepFailed(f"[{label}] failed with exit status {proc.returncode}: {shown}")
-        return proc.stdout if capture else ""
+        return stdout if capture else ""
 
     def note(self, text: str) -> None:
         print(f"[skip] {text}", flush=True)
@@ -213,7 +238,9 @@ def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
     """The 0-kimg point (one minibatch) and the full-length run of one planned run."""
     from training.config import resolve_config
     batch = resolve_config(run.cfg).batch
-    _train_stage(rec, opts, run, "start", batch / 1000, [])
+    # One minibatch: the plain eager step (no CUDA graphs, no compilation to pay for), same maths.
+    _train_stage(rec, opts, run, "start", batch / 1000,
+                 ["--set", "cuda_graphs=false", "--set", "d_compile=false", "--set", "g_compile=false"])
     _train_stage(rec, opts, run, "train", opts["kimg"],
                  ["--snap", "1", "--set", f"kimg_per_tick={opts['snap_kimg']:g}", "--set", "image_snap=1"])
 
@@ -312,6 +339,8 @@ def run_study(opts: dict) -> tuple[Path, list[str]]:
     outdir.mkdir(parents=True, exist_ok=True)
     _merge_study(outdir, opts)
     rec = Recorder(outdir, device_name())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, rec.stop)
     failures: list[str] = []
 
     def attempt(fn: Any, *args: Any) -> Any:
@@ -327,13 +356,21 @@ def run_study(opts: dict) -> tuple[Path, list[str]]:
     opts["data"] = {fam: path for fam, path in data.items() if path is not None}
     plan = results.plan_runs(opts["families"], opts["ablations"], opts["seeds"], opts["ablation_family"],
                              opts["spread_family"], opts["smoke"])
-    for run in plan:
-        if run.family in opts["data"]:
+    runs = [run for run in plan if run.family in opts["data"]]
+    if opts.get("jobs", 1) > 1:   # independent runs side by side (on one GPU: worth it with NVIDIA MPS, see README)
+        with concurrent.futures.ThreadPoolExecutor(opts["jobs"]) as pool:
+            list(pool.map(lambda r: attempt(train_run, rec, opts, r), runs))
+    else:
+        for run in runs:
             attempt(train_run, rec, opts, run)
     if all(f in opts["data"] for f in opts["families"]):
         attempt(noise_floors, rec, opts)
     for run in plan[:len(opts["families"])]:
         attempt(figures, rec, opts, run)
+    if rec.stopping:
+        failures.append("interrupted by a signal: running training runs saved their state; run the same command "
+                        "again to continue")
+        return Path(opts["report"]), failures
     cpu_json = REPO / "docs" / "noise_floors.json"
     use_cpu = cpu_json.is_file() and not opts["smoke"]
     report = results.build_report(outdir, opts["report"], cpu_json if use_cpu else None)
@@ -390,15 +427,17 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
               "0.02 kimg, snapshots every 0.01 kimg.")
 @click.option("--report", "report", default=None,
               help="Markdown report [default: docs/RESULTS.md; with --smoke <outdir>/RESULTS.md].")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Training runs side by side (each with its metrics); on one GPU use NVIDIA MPS (see README).")
 def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,
         kimg: float | None, snap_kimg: float | None, count: int | None, resolution: int | None,
-        detector: str | None, smoke: bool, report: str | None) -> None:
+        detector: str | None, smoke: bool, report: str | None, jobs: int) -> None:
     """Run (or continue) the whole study, then write the report. Finished steps are skipped."""
     defaults = SMOKE if smoke else dict(kimg=200.0, snap_kimg=50.0, count=10000, resolution=128)
     given = dict(kimg=kimg, snap_kimg=snap_kimg, count=count, resolution=resolution)
     opts = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
     fams = list(results.FAMILIES)
-    opts |= dict(outdir=outdir, families=_names(families, fams, "family"), smoke=smoke,
+    opts |= dict(outdir=outdir, families=_names(families, fams, "family"), smoke=smoke, jobs=jobs,
                  ablations=_names(ablations, results.ABLATIONS, "ablation"),
                  ablation_family=_names(ablation_family, fams, "family")[0], seeds=util.parse_int_list(seeds),
                  spread_family=_names(spread_family, fams, "family")[0],

@@ -204,6 +204,31 @@ def test_train_commands_fresh_resume_and_skip(tmp_path):
     assert rec.calls == [["skipped", f"cars-baseline-s3 train: trained to 200 kimg in {run_dir}"]]
 
 
+def test_recorder_stop_passes_the_signal_on_and_starts_nothing_new(tmp_path):
+    import signal
+    import threading
+    rec = reproduce.Recorder(tmp_path, "cpu")
+    errors = []
+
+    def long_step():
+        try:
+            rec.run(["-c", "import time; time.sleep(60)"], "sleeper")
+        except reproduce.StepFailed as exc:
+            errors.append(str(exc))
+    worker = threading.Thread(target=long_step)
+    worker.start()
+    for _ in range(200):
+        if rec.children:
+            break
+        threading.Event().wait(0.02)
+    rec.stop(signal.SIGTERM)
+    worker.join(timeout=30)
+    assert not worker.is_alive() and errors and "[sleeper] failed" in errors[0]
+    with pytest.raises(reproduce.StepFailed, match="interrupted"):
+        rec.run(["-c", "print(1)"], "after")
+    assert "failed with exit status" in (tmp_path / "commands.txt").read_text()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The smoke study end to end.
 
@@ -216,7 +241,7 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch, standin_detector):
     monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
     det, out = standin_detector, tmp_path / "study"
     args = ["run", "--outdir", out, "--smoke", "--families", "cars", "--ablations", "", "--seeds", "0",
-            "--resolution", "16", "--detector", det]
+            "--resolution", "16", "--detector", det, "--jobs", "2"]
     assert _main(args) == 0
     commands = (out / "commands.txt").read_text()
     assert commands.count("python train.py") == 2 and "--kimg 0.004" in commands and "--kimg 0.02" in commands

@@ -341,6 +341,15 @@ if triton is not None:
         o = out_ptr + b * N * OUT_FEATURES + rows[:, None] * OUT_FEATURES + ko[None, :]
         tl.store(o, raw, mask=row_ok[:, None] & (ko[None, :] < OUT_FEATURES))
 
+    @triton.jit
+    def _sincos_kernel(a_ptr, s_ptr, c_ptr, n, BLOCK: tl.constexpr):
+        """Elementwise _sincos over a flat fp32 tensor (used by tests to check the encoding's accuracy)."""
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < n
+        s, c = _sincos(tl.load(a_ptr + i, mask=ok, other=0.0))
+        tl.store(s_ptr + i, s, mask=ok)
+        tl.store(c_ptr + i, c, mask=ok)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Python API.
@@ -405,6 +414,18 @@ def fused_evaluate(weights: LayerWeights | PackedMLP, pts: torch.Tensor, num_lay
             MULTIRES=packed.multires, PE_HALF=pe_half_width(packed.multires), WIDTH=packed.width,
             OUT_PAD=OUT_PAD, OUT_FEATURES=OUT_FEATURES, BLOCK_N=block_n, num_warps=num_warps)
     return out
+
+
+def kernel_sincos(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's fp32 sin(a), cos(a), evaluated by Triton (CUDA, or CPU under TRITON_INTERPRET=1). For tests."""
+    if triton is None:
+        raise RuntimeError("kernel_sincos needs triton")
+    a = a.to(torch.float32).contiguous()
+    s, c = torch.empty_like(a), torch.empty_like(a)
+    if a.numel():
+        block = 1024
+        _sincos_kernel[(triton.cdiv(a.numel(), block),)](a, s, c, a.numel(), BLOCK=block)
+    return s, c
 
 
 def random_weights(B: int, num_layers: int = 4, width: int = 128, multires: int = 10, skip_after: int = 4,

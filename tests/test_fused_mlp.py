@@ -1,0 +1,229 @@
+"""Tests of the fused NeRF MLP (torch_utils/ops/fused_mlp.py).
+
+Without a GPU: the PyTorch reference and the weight packing are checked everywhere; the Triton kernel itself runs
+under Triton's CPU interpreter (TRITON_INTERPRET=1, in a subprocess so the setting cannot leak into other tests)
+when triton is installed, and is skipped otherwise (CI has no triton). The compiled GPU kernel is exercised by
+bench/micro_fused_mlp.py and by `available()`'s self-check on a CUDA machine.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from torch_utils.ops import fused_mlp as fm
+from training.networks.nerf import NeRFMLP
+from training.rendering.volume import positional_encoding
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _nerf(num_layers: int, width: int = 128, multires: int = 10, seed: int = 0) -> NeRFMLP:
+    torch.manual_seed(seed)
+    nerf = NeRFMLP(num_layers=num_layers, width=width, multires=multires)
+    with torch.no_grad():                      # non-zero shared biases, so the bias path is exercised too
+        for layer in nerf.layers:
+            layer.bias.normal_(0.0, 0.1)
+    return nerf
+
+
+def _points(B: int, N: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand([B, N, 3], generator=torch.Generator().manual_seed(seed)) * 2.4 - 1.2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pure PyTorch: runs everywhere.
+
+@pytest.mark.parametrize("num_layers", [4, 8])
+def test_reference_matches_nerf_fp32(num_layers):
+    nerf = _nerf(num_layers)
+    assert nerf.uses_skip == (num_layers == 8)
+    w = torch.randn([3, 128], generator=torch.Generator().manual_seed(1))
+    pts = _points(3, 50)
+    with torch.no_grad():
+        weights = nerf.build_weights(w)
+        want = nerf.evaluate(weights, pts)
+        got = fm.reference_evaluate(weights, pts, dtype=torch.float32, **fm.mlp_config(nerf))
+    assert got.shape == (3, 50, 4) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_half_rounding_is_close_to_fp32():
+    nerf = _nerf(8)
+    with torch.no_grad():
+        weights = nerf.build_weights(torch.randn([2, 128], generator=torch.Generator().manual_seed(2)))
+        pts = _points(2, 64)
+        full = fm.reference_evaluate(weights, pts, dtype=torch.float32, **fm.mlp_config(nerf))
+        half = fm.reference_evaluate(weights, pts, dtype=torch.float16, **fm.mlp_config(nerf))
+    rel = ((half - full).norm() / full.norm()).item()
+    assert 0 < rel < 1e-2                      # rounded (not identical) but close
+
+
+def _kernel_layout_tiles(pts: torch.Tensor, multires: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's S / C encoding tiles [B, N, PE_HALF], as described in fused_mlp's docstring, in torch."""
+    half, narg = fm.pe_half_width(multires), 3 * multires
+    j = torch.arange(half)
+    f, c = (j // 3).clamp(max=multires), j % 3
+    a = pts[..., c] * (2.0 ** f).to(pts.dtype)                                   # [B, N, PE_HALF]
+    zeros = torch.zeros_like(pts[..., :1])
+    raw = torch.cat([pts, zeros.expand(*pts.shape[:-1], 2 * half)], dim=-1)      # raw coordinate r (0 past 2)
+    s_raw = raw[..., (j - narg).clamp(min=0)]
+    c_raw = raw[..., (j - narg + half - narg).clamp(min=0)]
+    s = torch.where(j < narg, torch.sin(a), s_raw)
+    co = torch.where(j < narg, torch.cos(a), c_raw)
+    return s, co
+
+
+@pytest.mark.parametrize("num_layers,multires,width,skip_after", [(8, 10, 128, 4), (3, 4, 32, 0), (2, 0, 16, 4)])
+def test_packed_layout_is_the_same_function(num_layers, multires, width, skip_after):
+    """Layer 0 and the skip layer computed from the packed (reordered, padded) weights and the kernel's encoding
+    tiles equal the original weights applied to positional_encoding (fp64, so only the layout is tested)."""
+    B, N = 2, 7
+    uses_skip = num_layers > skip_after + 1
+    weights = [(w.double(), b.double()) for w, b in
+               fm.random_weights(B, num_layers, width, multires, skip_after, generator=torch.Generator().manual_seed(3))]
+    packed = fm.pack_weights(weights, num_layers, multires, skip_after, uses_skip, torch.float16)
+    half = fm.pe_half_width(multires)
+    assert packed.w_pe.shape == (B, 2 * half, width) and packed.w_out.shape == (B, width, fm.OUT_PAD)
+    assert packed.w_hid.shape == (B, max(num_layers - 1, 1), width, width)
+    assert packed.w_pe.dtype == torch.float16 and packed.b_hid.dtype == torch.float32
+    pts = _points(B, N).double()
+    pe = positional_encoding(pts, multires)                                      # [B, N, pe_dim]
+    s, c = _kernel_layout_tiles(pts, multires)
+    enc = torch.cat([s, c], dim=-1)                                              # [B, N, 2 PE_HALF]
+
+    def rounded(w):
+        return w.to(torch.float16).double()
+
+    torch.testing.assert_close(enc @ packed.w_pe.double(), pe @ rounded(weights[0][0]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(packed.w_out[..., :4].double(), rounded(weights[-1][0]))
+    assert not packed.w_out[..., 4:].any() and not packed.b_out[4:].any()
+    if uses_skip:
+        pe_dim = pe.shape[-1]
+        wt = weights[skip_after + 1][0]
+        assert packed.skip_layer == skip_after + 1
+        torch.testing.assert_close(enc @ packed.w_skip_pe.double(), pe @ rounded(wt[:, :pe_dim]), rtol=1e-12,
+                                   atol=1e-12)
+        torch.testing.assert_close(packed.w_hid[:, skip_after].double(), rounded(wt[:, pe_dim:]))
+    else:
+        assert packed.skip_layer == -1
+
+
+def test_supported():
+    assert fm.supported(NeRFMLP(num_layers=4)) and fm.supported(NeRFMLP(num_layers=8))
+    assert fm.supported(NeRFMLP(num_layers=1, width=64, multires=4))
+    assert fm.supported(NeRFMLP(num_layers=5))                                   # depth 5: no skip
+    assert not fm.supported(NeRFMLP(num_layers=9))                               # deeper than MAX_LAYERS
+    assert not fm.supported(NeRFMLP(num_layers=4, width=96))                     # not a power of two
+    assert not fm.supported(object())                                            # never raises
+
+
+def test_available_is_false_without_cuda_and_never_raises():
+    assert fm.available("cpu") is False
+    assert fm.available(torch.device("cpu"), torch.float16) is False
+    assert fm.available(torch.device("cpu"), torch.float32) is False
+    assert fm.available("not a device") is False
+    if not torch.cuda.is_available():
+        assert fm.available("cuda") is False
+
+
+def test_fused_evaluate_refuses_grad_and_bad_configs():
+    nerf = _nerf(4)
+    pts = _points(2, 10)
+    weights = nerf.build_weights(torch.randn([2, 128]))                          # requires grad (G's parameters)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fm.fused_evaluate(weights, pts, dtype=torch.float16, **fm.mlp_config(nerf))
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fm.fused_evaluate([(w.detach(), b.detach()) for w, b in weights], pts.requires_grad_(),
+                          dtype=torch.float16, **fm.mlp_config(nerf))
+    with torch.no_grad():
+        cfg = fm.mlp_config(nerf)
+        with pytest.raises(ValueError, match="dtype"):
+            fm.pack_weights(weights, dtype=torch.float32, **cfg)
+        with pytest.raises(ValueError, match="expected"):
+            fm.pack_weights(weights[:-1], dtype=torch.float16, **cfg)
+        with pytest.raises(ValueError, match="layer 1"):
+            fm.pack_weights(weights, dtype=torch.float16, **dict(cfg, uses_skip=True, skip_after=0))
+        with pytest.raises(ValueError, match="hidden layers"):
+            fm.pack_weights(weights, dtype=torch.float16, **dict(cfg, num_layers=9))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The Triton kernel under the CPU interpreter (subprocess with TRITON_INTERPRET=1).
+
+_INTERPRETER_SCRIPT = textwrap.dedent("""
+    import json, torch
+    from torch_utils.ops import fused_mlp as fm
+    from training.networks.nerf import NeRFMLP
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    results = {}
+    # (num_layers, multires, width, skip_after, N, block_n): no skip, skip after 4 (8 and 6 layers), skip after 0
+    # with a 16-wide encoding tile, one layer, 5 layers (no skip); ragged last blocks (100 = 64 + 36, 3 * 32 + 4).
+    configs = [(4, 10, 128, 4, 100, 64), (8, 10, 128, 4, 100, 64), (6, 10, 64, 4, 100, 32),
+               (3, 4, 32, 0, 100, 32), (1, 10, 16, 4, 37, 16), (5, 2, 32, 4, 5, 16)]
+    for L, mr, W, sa, N, bn in configs:
+        us = L > sa + 1
+        weights = fm.random_weights(2, L, W, mr, sa, generator=torch.Generator().manual_seed(L))
+        pts = torch.rand([2, N, 3], generator=torch.Generator().manual_seed(10 + L)) * 2.4 - 1.2
+        got = fm.fused_evaluate(weights, pts, L, mr, sa, us, torch.float16, block_n=bn, num_warps=4)
+        ref = fm.reference_evaluate(weights, pts, L, mr, sa, us, torch.float16)
+        results[f"L{L}-mr{mr}-W{W}-skip{sa if us else None}-N{N}-bn{bn}"] = dict(
+            shape=list(got.shape), dtype=str(got.dtype), finite=bool(got.isfinite().all()), rel=rel(got, ref),
+            max_abs=(got - ref).abs().max().item() / ref.abs().max().item())
+
+    # A real NeRFMLP (8 layers, skip) through build_weights, packed once and reused for two chunks.
+    torch.manual_seed(0)
+    nerf = NeRFMLP(num_layers=8)
+    with torch.no_grad():
+        weights = nerf.build_weights(torch.randn([2, 128]))
+        pts = torch.rand([2, 130, 3]) * 2.4 - 1.2
+        cfg = fm.mlp_config(nerf)
+        packed = fm.pack_weights(weights, dtype=torch.float16, **cfg)
+        got = torch.cat([fm.fused_evaluate(packed, pts[:, :65], dtype=torch.float16, **cfg),
+                         fm.fused_evaluate(packed, pts[:, 65:], dtype=torch.float16, **cfg)], dim=1)
+        ref = fm.reference_evaluate(weights, pts, dtype=torch.float16, **cfg)
+        full = nerf.evaluate(weights, pts)
+    results["nerf8-packed"] = dict(shape=list(got.shape), dtype=str(got.dtype), finite=bool(got.isfinite().all()),
+                                   rel=rel(got, ref), max_abs=(got - ref).abs().max().item() / ref.abs().max().item(),
+                                   rel_fp32=rel(got, full))
+
+    # The encoding's sin / cos against float64 over the range the encoding meets (|x| <= 16 at 2^9) and beyond.
+    a = torch.cat([torch.linspace(-8192.0, 8192.0, 200001), torch.tensor([0.0, 0.7853982, -2.3561945, 1e5])])
+    s, c = fm.kernel_sincos(a)
+    a64 = a.double()
+    results["sincos"] = dict(sin=(s.double() - a64.sin()).abs().max().item(),
+                             cos=(c.double() - a64.cos()).abs().max().item())
+    print("RESULTS " + json.dumps(results))
+""")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the kernel is only tested under the "
+                                           "Triton interpreter or on a GPU")
+def test_kernel_under_triton_interpreter(tmp_path):
+    script = tmp_path / "run_fused_mlp_interpreted.py"
+    script.write_text(_INTERPRETER_SCRIPT)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1]
+    results = json.loads(line[len("RESULTS "):])
+    sincos = results.pop("sincos")
+    assert sincos["sin"] < 1e-6 and sincos["cos"] < 1e-6, sincos
+    for name, r in results.items():
+        n = int(name.split("-N")[1].split("-")[0]) if "-N" in name else 130
+        assert r["shape"] == [2, n, 4] and r["dtype"] == "torch.float32" and r["finite"], (name, r)
+        assert r["rel"] < 1e-3 and r["max_abs"] < 5e-3, (name, r)     # same rounding as the reference
+    assert results["nerf8-packed"]["rel_fp32"] < 1e-2, results["nerf8-packed"]   # fp16 vs the fp32 module
