@@ -1,7 +1,7 @@
 """Microbenchmark of the fused Triton NeRF MLP (torch_utils/ops/fused_mlp.py) against the PyTorch path.
 
     python bench/micro_fused_mlp.py                      # CUDA only: 64 objects, 128x128 rays, 32 samples
-    python bench/micro_fused_mlp.py --sweep              # + every (BLOCK_N, num_warps) launch configuration
+    python bench/micro_fused_mlp.py --sweep              # + other (BLOCK_N, num_warps, pipeline, stages) launches
     python bench/micro_fused_mlp.py --render             # + whole G.synthesis renders with the kernel patched in
     python bench/micro_fused_mlp.py --objects 8 --res 64 # quick look
 
@@ -32,6 +32,9 @@ from training.rendering.camera import get_rays, sample_poses  # noqa: E402
 from training.rendering.volume import linear_depths  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# (BLOCK_N, num_warps, pipeline, num_stages) tried by --sweep.
+SWEEP = [(64, 4, True, 2), (64, 4, True, 3), (64, 4, False, 2), (128, 8, True, 2), (128, 8, True, 3),
+         (128, 8, False, 2), (128, 4, True, 2), (32, 4, True, 2), (64, 8, True, 2), (256, 8, True, 2)]
 
 
 def cuda_time(fn, reps: int, warmup: int = 3) -> float:
@@ -68,8 +71,8 @@ def errors(got: torch.Tensor, ref: torch.Tensor) -> str:
 
 
 def report(name: str, sec: float, points: int, B: int) -> None:
-    print(f"    {name:<34s} {sec * 1e3:9.3f} ms  {points / sec / 1e9:7.3f} Gpoints/s  {B / sec:9.1f} images/s (MLP only)",
-          flush=True)
+    print(f"    {name:<48s} {sec * 1e3:9.3f} ms  {points / sec / 1e9:7.3f} Gpoints/s  "
+          f"{B / sec:9.1f} images/s (MLP only)", flush=True)
 
 
 @torch.no_grad()
@@ -132,20 +135,20 @@ def bench_mlp(args, device, num_layers: int) -> None:
         print(f"    pack_weights alone: {cuda_time(pack_only, args.reps) * 1e3:.3f} ms", flush=True)
 
         if args.sweep:
-            print("    sweep (one launch over all points):")
-            for block_n in (32, 64, 128, 256):
-                for num_warps in (4, 8):
-                    def run(block_n=block_n, num_warps=num_warps):
-                        fm.fused_evaluate(packed, pts, dtype=dtype, block_n=block_n, num_warps=num_warps, **cfg)
-                    try:
-                        got = fm.fused_evaluate(packed, sub, dtype=dtype, block_n=block_n, num_warps=num_warps,
-                                                **cfg)
-                        err = ((got - ref).norm() / ref.norm()).item()
-                        report(f"BLOCK_N={block_n:3d} warps={num_warps} (rel {err:.1e})",
-                               cuda_time(run, args.reps), total, B)
-                    except Exception as exc:                                        # e.g. out of shared memory
-                        print(f"    BLOCK_N={block_n:3d} warps={num_warps}: failed: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:120]}", flush=True)
+            print(f"    sweep (one launch over all points; default {fm.default_launch(device)}):")
+            for block_n, num_warps, pipeline, num_stages in SWEEP:
+                label = f"BN={block_n:3d} warps={num_warps} pipe={int(pipeline)} stages={num_stages}"
+                launch = dict(block_n=block_n, num_warps=num_warps, pipeline=pipeline, num_stages=num_stages)
+
+                def run(launch=launch):
+                    fm.fused_evaluate(packed, pts, dtype=dtype, **launch, **cfg)
+                try:
+                    got = fm.fused_evaluate(packed, sub, dtype=dtype, **launch, **cfg)
+                    err = ((got - ref).norm() / ref.norm()).item()
+                    report(f"{label} (rel {err:.0e})", cuda_time(run, args.reps), total, B)
+                except Exception as exc:                                            # e.g. out of shared memory
+                    print(f"    {label}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}",
+                          flush=True)
 
 
 @torch.no_grad()
@@ -170,8 +173,12 @@ def bench_render(args, device, num_layers: int, samples: int) -> None:
             print(f"  -- {name}: fused kernel not available")
             continue
 
-        def fused(weights, pts, dtype=dtype):
-            return fm.fused_evaluate(weights, pts, dtype=dtype, **cfg)
+        cache: list = [None, None]                   # (weights of this render, packed): pack once per render
+
+        def fused(weights, pts, dtype=dtype, cache=cache):
+            if cache[0] is not weights[0][0]:
+                cache[:] = [weights[0][0], fm.pack_weights(weights, dtype=dtype, **cfg)]
+            return fm.fused_evaluate(cache[1], pts, dtype=dtype, **cfg)
 
         def render():
             with torch.autocast("cuda", dtype=dtype):
@@ -201,7 +208,7 @@ def main() -> None:
     p.add_argument("--layers", default="4,8", help="comma list of depths (8 uses the skip)")
     p.add_argument("--dtypes", default="bf16,fp16")
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--sweep", action="store_true", help="time every (BLOCK_N, num_warps) configuration")
+    p.add_argument("--sweep", action="store_true", help="time the launch configurations in SWEEP")
     p.add_argument("--render", action="store_true", help="also time whole renders with the kernel patched in")
     args = p.parse_args()
     if not torch.cuda.is_available():

@@ -139,9 +139,9 @@ class Recorder:
         self.children: set[subprocess.Popen] = set()
 
     def _append(self, lines: list[str]) -> None:
-        with self.lock:
-            old = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
-            util.atomic_write_text(self.path, old + "".join(line + "\n" for line in lines))
+        # One O_APPEND write per record: records of concurrent runs (threads or processes) never overwrite each other.
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
 
     def stop(self, signum: int, _frame: Any = None) -> None:
         """Signal handler: pass the signal on to running steps (train.py writes a training state on SIGTERM and

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -88,8 +89,9 @@ def test_packed_layout_is_the_same_function(num_layers, multires, width, skip_af
     tiles equal the original weights applied to positional_encoding (fp64, so only the layout is tested)."""
     B, N = 2, 7
     uses_skip = num_layers > skip_after + 1
-    weights = [(w.double(), b.double()) for w, b in
-               fm.random_weights(B, num_layers, width, multires, skip_after, generator=torch.Generator().manual_seed(3))]
+    gen = torch.Generator().manual_seed(3)
+    weights = [(w.double(), b.double()) for w, b in fm.random_weights(B, num_layers, width, multires, skip_after,
+                                                                      generator=gen)]
     packed = fm.pack_weights(weights, num_layers, multires, skip_after, uses_skip, torch.float16)
     half = fm.pe_half_width(multires)
     assert packed.w_pe.shape == (B, 2 * half, width) and packed.w_out.shape == (B, width, fm.OUT_PAD)
@@ -146,6 +148,9 @@ def test_fused_evaluate_refuses_grad_and_bad_configs():
                           dtype=torch.float16, **fm.mlp_config(nerf))
     with torch.no_grad():
         cfg = fm.mlp_config(nerf)
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            with pytest.raises(RuntimeError, match="needs (triton|CUDA)"):        # CPU tensors, no interpreter
+                fm.fused_evaluate(weights, pts, dtype=torch.float16, **cfg)
         with pytest.raises(ValueError, match="dtype"):
             fm.pack_weights(weights, dtype=torch.float32, **cfg)
         with pytest.raises(ValueError, match="expected"):
@@ -169,16 +174,17 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 
     results = {}
     # (num_layers, multires, width, skip_after, N, block_n): no skip, skip after 4 (8 and 6 layers), skip after 0
-    # with a 16-wide encoding tile, one layer, 5 layers (no skip); ragged last blocks (100 = 64 + 36, 3 * 32 + 4).
+    # with a 16-wide encoding tile, one layer, 5 layers (no skip); ragged last blocks (100 = 64 + 36, 3 * 32 + 4);
+    # each with the unrolled and the pipelined (runtime loop) layer code.
     configs = [(4, 10, 128, 4, 100, 64), (8, 10, 128, 4, 100, 64), (6, 10, 64, 4, 100, 32),
                (3, 4, 32, 0, 100, 32), (1, 10, 16, 4, 37, 16), (5, 2, 32, 4, 5, 16)]
-    for L, mr, W, sa, N, bn in configs:
+    for (L, mr, W, sa, N, bn), pipe in [(c, p) for c in configs for p in (False, True)]:
         us = L > sa + 1
         weights = fm.random_weights(2, L, W, mr, sa, generator=torch.Generator().manual_seed(L))
         pts = torch.rand([2, N, 3], generator=torch.Generator().manual_seed(10 + L)) * 2.4 - 1.2
-        got = fm.fused_evaluate(weights, pts, L, mr, sa, us, torch.float16, block_n=bn, num_warps=4)
+        got = fm.fused_evaluate(weights, pts, L, mr, sa, us, torch.float16, block_n=bn, num_warps=4, pipeline=pipe)
         ref = fm.reference_evaluate(weights, pts, L, mr, sa, us, torch.float16)
-        results[f"L{L}-mr{mr}-W{W}-skip{sa if us else None}-N{N}-bn{bn}"] = dict(
+        results[f"L{L}-mr{mr}-W{W}-skip{sa if us else None}-N{N}-bn{bn}-pipe{pipe}"] = dict(
             shape=list(got.shape), dtype=str(got.dtype), finite=bool(got.isfinite().all()), rel=rel(got, ref),
             max_abs=(got - ref).abs().max().item() / ref.abs().max().item())
 
@@ -204,6 +210,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     a64 = a.double()
     results["sincos"] = dict(sin=(s.double() - a64.sin()).abs().max().item(),
                              cos=(c.double() - a64.cos()).abs().max().item())
+    results["self_check"] = fm._self_check(torch.device("cpu"), torch.float16)     # available()'s check
     print("RESULTS " + json.dumps(results))
 """)
 
@@ -220,6 +227,7 @@ def test_kernel_under_triton_interpreter(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1]
     results = json.loads(line[len("RESULTS "):])
+    assert results.pop("self_check") is True
     sincos = results.pop("sincos")
     assert sincos["sin"] < 1e-6 and sincos["cos"] < 1e-6, sincos
     for name, r in results.items():
@@ -227,3 +235,55 @@ def test_kernel_under_triton_interpreter(tmp_path):
         assert r["shape"] == [2, n, 4] and r["dtype"] == "torch.float32" and r["finite"], (name, r)
         assert r["rel"] < 1e-3 and r["max_abs"] < 5e-3, (name, r)     # same rounding as the reference
     assert results["nerf8-packed"]["rel_fp32"] < 1e-2, results["nerf8-packed"]   # fp16 vs the fp32 module
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The GPU compile path without a GPU: ahead-of-time compilation for sm_90 / sm_80 with triton's bundled ptxas.
+
+def _aot_compile(cc: int, dtype: str, num_layers: int, skip_layer: int, pipeline: bool) -> tuple[str, str]:
+    """Compile _fused_mlp_kernel for cuda:cc with the default launch parameters and the specialisation a real launch
+    gets (16-byte aligned pointers, N % 16 == 0). Returns (PTX, ptxas -v report)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    launch = fm.default_launch(torch.device("cuda"))
+    sig = {"pts_ptr": "*fp32", "out_ptr": "*fp32", "w_pe_ptr": f"*{dtype}", "w_skip_pe_ptr": f"*{dtype}",
+           "w_hid_ptr": f"*{dtype}", "w_out_ptr": f"*{dtype}", "b_hid_ptr": "*fp32", "b_out_ptr": "*fp32", "N": "i32"}
+    const = dict(NUM_LAYERS=num_layers, SKIP_LAYER=skip_layer, HID_SLOTS=max(num_layers - 1, 1), MULTIRES=10,
+                 PE_HALF=fm.pe_half_width(10), WIDTH=128, OUT_PAD=fm.OUT_PAD, OUT_FEATURES=fm.OUT_FEATURES,
+                 BLOCK_N=launch["block_n"], PIPELINE=pipeline)
+    sig.update({k: "constexpr" for k in const})
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(9)}
+    src = ASTSource(fn=fm._fused_mlp_kernel, signature=sig, constexprs=const, attrs=attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                            options=dict(num_warps=launch["num_warps"], num_stages=launch["num_stages"]))
+    ptx = kernel.asm["ptx"]
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    report = ""
+    if ptxas.exists():
+        arch = "sm_90a" if cc == 90 else f"sm_{cc}"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "k.ptx"
+            path.write_text(ptx)
+            proc = subprocess.run([str(ptxas), f"-arch={arch}", "-v", str(path), "-o", os.devnull],
+                                  capture_output=True, text=True, timeout=120)
+            report = proc.stdout + proc.stderr
+    return ptx, report
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the GPU compile path is not checked")
+@pytest.mark.parametrize("cc,dtype,num_layers,skip_layer,pipeline", [
+    (90, "bf16", 4, -1, True), (90, "fp16", 8, 5, True), (90, "bf16", 4, -1, False), (80, "bf16", 8, 5, True)])
+def test_kernel_compiles_for_gpus(cc, dtype, num_layers, skip_layer, pipeline):
+    """Ahead-of-time compile (no GPU needed): tensor-core instructions are used and ptxas reports no spills."""
+    pytest.importorskip("triton.compiler")
+    try:
+        ptx, report = _aot_compile(cc, dtype, num_layers, skip_layer, pipeline)
+    except ImportError as exc:                                   # a triton without this AOT API
+        pytest.skip(f"triton's ahead-of-time API differs: {exc}")
+    assert ("wgmma.mma_async" if cc == 90 else "mma.sync") in ptx
+    if pipeline:
+        assert "cp.async" in ptx                                 # weight tiles prefetched asynchronously
+    if report:
+        assert "0 bytes spill stores" in report, report

@@ -235,3 +235,22 @@ def test_autocast_g_paths_run_on_cpu(dtype):
     guard.scale_loss(loss.gmain(2)).backward(inputs=list(G.parameters()))
     assert guard.unscale_and_check().item() is False
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in G.parameters())
+
+
+def test_r1_phase_precision_is_separate_from_the_main_phases():
+    """r1_dtype=None runs the R1 phase's D in fp32 while Dmain/Gmain use the 16-bit D (config r1_fp32)."""
+    seen = []
+
+    class RecordingD(LinearD):
+        def forward(self, img, mp_dtype=None):
+            seen.append(mp_dtype)
+            return super().forward(img, mp_dtype)
+    P = 4
+    loss = HyperNeRFGANLoss(TinyG(P), RecordingD(P), None, P, 1.0, generator=torch.Generator().manual_seed(0),
+                            d_dtype=torch.float16, r1_dtype=None)
+    real = torch.rand(4, 3, P, P) * 2 - 1
+    loss.dmain(real)
+    assert seen and all(d == torch.float16 for d in seen)
+    seen.clear()
+    loss.dreg(real, gain=16)
+    assert seen == [None]

@@ -80,6 +80,7 @@ class TrainConfig:
     ada_interval: int = 4                # steps between ADA updates
     # Loss and optimisation.
     r1_gamma: float = 1.0
+    r1_fp32: bool = False                # run the R1 phase's D in fp32 whatever `precision` is
     d_reg_interval: int = 16             # lazy R1 every this many D steps (loss multiplied by it)
     g_reg_interval: int = 4              # only rescales G lr/beta2 (there is no G regulariser; the phase is dropped)
     g_lr: float = 0.0025

@@ -177,13 +177,15 @@ class HyperNeRFGANLoss:
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, augment_pipe: torch.nn.Module | None,
                  patch_size: int, r1_gamma: float, generator: torch.Generator | None = None,
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
-                 d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False) -> None:
+                 d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False,
+                 r1_dtype: torch.dtype | None = None) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.patch_size = patch_size
         self.r1_gamma = r1_gamma
         self.generator = generator
         self.g_dtype = g_dtype      # autocast dtype of the G MLP (None = fp32); compositing stays fp32 inside G
         self.d_dtype = d_dtype      # D mp_dtype (None = fp32)
+        self.r1_dtype = r1_dtype    # D mp_dtype of the R1 phase (None = fp32)
         self.d_channels_last = d_channels_last
         # torch.compile'd D for the first-order phases (fuses bias/lrelu/gain/clamp around every conv). R1 needs a
         # double backward, which compiled graphs do not support, so dreg always runs the eager D (same parameters).
@@ -230,8 +232,9 @@ class HyperNeRFGANLoss:
     def score(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
         """D logits of augmented patches [n, 3, P, P] -> [n, 1] fp32 (the compiled D unless R1 needs the eager one)."""
         extra = {"channels_last": True} if self.d_channels_last else {}
-        D = self.D if double_backward else self.D_first_order
-        return D(img, mp_dtype=self.d_dtype, **extra).float()
+        if double_backward:
+            return self.D(img, mp_dtype=self.r1_dtype, **extra).float()
+        return self.D_first_order(img, mp_dtype=self.d_dtype, **extra).float()
 
     def run_D(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
         """Augment (crops reals larger than P) and score. img: [n, 3, H, W] -> logits [n, 1] fp32."""
