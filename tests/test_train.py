@@ -113,6 +113,16 @@ def test_resume_is_exact_under_deterministic(tiny_data, tmp_path, capsys):
     assert kimgs == sorted(kimgs) and kimgs[-1] == 0.032         # the curves continue in the same file
 
 
+def test_ticks_stay_on_the_kimg_grid_after_a_mid_tick_stop(tiny_data, tmp_path, capsys):
+    """A run stopped mid-tick (here: an earlier, shorter --kimg) and continued ends its ticks at the same kimg
+    as an uninterrupted run: 0.016 and 0.032, not 0.008 + 0.016."""
+    common = [*SMOKE, "--data", tiny_data, "--set", "kimg_per_tick=0.016"]
+    assert cli(["--outdir", str(tmp_path), *common, "--kimg", "0.008"], capsys)[0] == 0
+    assert cli(["--outdir", str(tmp_path), *common, "--kimg", "0.032", "--resume", "auto"], capsys)[0] == 0
+    lines = (only_run_dir(tmp_path) / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(line)["Progress/kimg"]["mean"] for line in lines] == [0.008, 0.016, 0.032]
+
+
 def test_resume_path_starts_new_run_dir(tiny_data, tmp_path, capsys):
     assert cli(["--outdir", str(tmp_path), *SMOKE, "--data", tiny_data, "--kimg", "0.008"], capsys)[0] == 0
     state = next(only_run_dir(tmp_path).glob("training-state-*.pt"))

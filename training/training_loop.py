@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import signal
 import time
@@ -311,6 +312,14 @@ def _install_signal_handlers(run: EasyDict) -> dict:
     return old
 
 
+def next_tick_end(tick_start_nimg: int, kimg_per_tick: float) -> float:
+    """Ticks end on a fixed grid, every kimg_per_tick from 0: the first multiple after the tick's start. A run
+    resumed mid-tick (after SIGTERM) or continued past an earlier --kimg therefore snapshots at the same kimg as
+    an uninterrupted run (e.g. 50, 100, 150, 200)."""
+    period = kimg_per_tick * 1000
+    return (math.floor(tick_start_nimg / period + 1e-9) + 1) * period - 1e-6
+
+
 def train(run: EasyDict) -> None:
     """Run steps until cfg.kimg; maintenance at every tick boundary; stop cleanly on SIGTERM/SIGINT."""
     cfg = run.cfg
@@ -329,7 +338,7 @@ def train(run: EasyDict) -> None:
                       f"Continue with --resume auto.", flush=True)
             return
         done = run.cur_nimg >= total_nimg
-        if done or run.cur_nimg >= run.tick_start_nimg + cfg.kimg_per_tick * 1000:
+        if done or run.cur_nimg >= next_tick_end(run.tick_start_nimg, cfg.kimg_per_tick):
             run.cur_tick += 1
             maintenance(run, done)
     if run.rank == 0:
