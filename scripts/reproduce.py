@@ -218,8 +218,10 @@ def _train_stage(rec: Recorder, opts: dict, run: results.PlannedRun, stage: str,
     from training.state import latest_state
     run_dir = results.find_run_dir(stage_root)
     in_training = opts["detector"] is None
+    study_sets = [a for kv in opts.get("train_set", []) for a in ("--set", kv)]
     argv = [_script("train.py"), "--cfg", run.cfg, "--data", opts["data"][run.family], "--seed", str(run.seed),
-            "--kimg", f"{kimg:g}", "--metrics", ",".join(results.METRICS) if in_training else "none", *extra]
+            "--kimg", f"{kimg:g}", "--metrics", ",".join(results.METRICS) if in_training else "none", *study_sets,
+            *extra]
     done = run_dir is not None and (_done_kimg(run_dir) or -1.0) >= kimg - 1e-6
     if done:
         rec.note(f"{label}: trained to {kimg:g} kimg in {run_dir}")
@@ -315,11 +317,14 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
     """Record the options in <outdir>/study.json; lists are merged with an earlier invocation's (the report shows
     every run ever planned here). Data-defining options must match: a different set needs another --outdir."""
     path = outdir / "study.json"
-    keys = ("kimg", "snap_kimg", "count", "resolution", "smoke", "detector", "ablation_family", "spread_family")
+    keys = ("kimg", "snap_kimg", "count", "resolution", "smoke", "detector", "ablation_family", "spread_family",
+            "train_set")
     study = {k: opts[k] for k in keys} | {k: list(opts[k]) for k in ("families", "ablations", "seeds")}
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         clash = [k for k in ("count", "resolution", "smoke", "snap_kimg") if k in old and old[k] != study[k]]
+        if old.get("train_set", []) != study["train_set"]:
+            clash.append("train_set")
         if clash:
             raise UserError(f"'{outdir}' holds a study with other {', '.join(clash)} "
                             f"({', '.join(f'{k}={old[k]}' for k in clash)}); use a new --outdir for a different "
@@ -427,17 +432,23 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
               "0.02 kimg, snapshots every 0.01 kimg.")
 @click.option("--report", "report", default=None,
               help="Markdown report [default: docs/RESULTS.md; with --smoke <outdir>/RESULTS.md].")
+@click.option("--set", "train_set", multiple=True, metavar="KEY=VALUE",
+              help="Config override passed to every train.py run of the study (repeatable), e.g. r1_fp32=true.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Training runs side by side (each with its metrics); on one GPU use NVIDIA MPS (see README).")
 def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,
         kimg: float | None, snap_kimg: float | None, count: int | None, resolution: int | None,
-        detector: str | None, smoke: bool, report: str | None, jobs: int) -> None:
+        detector: str | None, smoke: bool, report: str | None, train_set: tuple[str, ...], jobs: int) -> None:
     """Run (or continue) the whole study, then write the report. Finished steps are skipped."""
     defaults = SMOKE if smoke else dict(kimg=200.0, snap_kimg=50.0, count=10000, resolution=128)
     given = dict(kimg=kimg, snap_kimg=snap_kimg, count=count, resolution=resolution)
     opts = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
     fams = list(results.FAMILIES)
+    from training.config import resolve_config
+    for kv in train_set:   # validate now: a typo must not surface as nine failed training runs
+        resolve_config("t4", sets=[kv])
     opts |= dict(outdir=outdir, families=_names(families, fams, "family"), smoke=smoke, jobs=jobs,
+                 train_set=list(train_set),
                  ablations=_names(ablations, results.ABLATIONS, "ablation"),
                  ablation_family=_names(ablation_family, fams, "family")[0], seeds=util.parse_int_list(seeds),
                  spread_family=_names(spread_family, fams, "family")[0],

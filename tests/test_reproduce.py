@@ -206,6 +206,23 @@ def test_train_commands_fresh_resume_and_skip(tmp_path):
     assert rec.calls == [["skipped", f"cars-baseline-s3 train: trained to 200 kimg in {run_dir}"]]
 
 
+def test_study_wide_overrides_reach_every_train_command_and_must_match(tmp_path, capsys):
+    opts = dict(outdir=str(tmp_path), data={"cars": "d.zip"}, detector=None, kimg=200.0, snap_kimg=50.0,
+                train_set=["r1_fp32=true"])
+    rec = _FakeRecorder()
+    reproduce.train_run(rec, opts, results.plan_runs(["cars"], [], [0])[0])
+    assert all("--set r1_fp32=true" in " ".join(c) for c in rec.calls) and len(rec.calls) == 2
+    base = dict(kimg=200.0, snap_kimg=50.0, count=8, resolution=16, smoke=False, detector=None,
+                ablation_family="cars", spread_family="cars", families=["cars"], ablations=[], seeds=[0])
+    reproduce._merge_study(tmp_path, base | {"train_set": ["r1_fp32=true"]})
+    with pytest.raises(reproduce.UserError, match="train_set"):
+        reproduce._merge_study(tmp_path, base | {"train_set": []})
+    md = results.build_report(tmp_path, tmp_path / "R.md").read_text()
+    assert "with `--set r1_fp32=true`" in md
+    code, out, err = invoke(reproduce.main, ["run", "--outdir", str(tmp_path / "x"), "--set", "bogus_key=1"], capsys)
+    assert code == 1 and "bogus_key" in err and not (tmp_path / "x").exists()   # rejected before anything runs
+
+
 def test_recorder_stop_passes_the_signal_on_and_starts_nothing_new(tmp_path):
     import signal
     import threading
