@@ -227,3 +227,14 @@ def test_acceptance_smoke_synth_chairs(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "starting at kimg 0.200" in out and "augment 0.500" in out
     assert _final_state(run_dir)["augment_pipe"]["p"] == p_saved
+
+
+def test_divergence_warning_signs():
+    from training.training_loop import divergence_warning
+    stat = lambda v: {"num": 1, "mean": v, "std": 0.0}  # noqa: E731
+    assert divergence_warning({}) is None
+    assert divergence_warning({"Progress/loss_scale_D": stat(4096.0), "Loss/r1_penalty": stat(0.4)}) is None
+    msg = divergence_warning({"Progress/loss_scale_D": stat(0.84), "Loss/r1_penalty": stat(8230.0)})
+    assert "loss scale fell to 0.84" in msg and "R1 penalty is 8230" in msg and "r1_fp32=true" in msg
+    assert "R1 penalty is nan" in divergence_warning({"Loss/r1_penalty": stat(float("nan"))})
+

@@ -266,6 +266,30 @@ def check_bad_steps(run: EasyDict) -> int:
     return total
 
 
+R1_PENALTY_WARN = 100.0   # healthy study runs stayed below ~5; diverging D's passed 50-1,000 before blowing up
+
+
+def divergence_warning(stats: dict) -> str | None:
+    """One line when this tick's statistics show the discriminator diverging, else None.
+
+    Signs (measured on the synthetic cars set, docs/RESULTS.md): D's dynamic fp16 loss scale below 1 (its gradients
+    overflow again and again), or a mean R1 penalty above R1_PENALTY_WARN.
+    """
+    mean = lambda k: stats[k]["mean"] if k in stats else None  # noqa: E731
+    signs = []
+    scale = mean("Progress/loss_scale_D")
+    if scale is not None and scale < 1.0:
+        signs.append(f"D's fp16 loss scale fell to {scale:.3g}")
+    r1 = mean("Loss/r1_penalty")
+    if r1 is not None and (r1 != r1 or r1 > R1_PENALTY_WARN):
+        signs.append(f"the mean R1 penalty is {r1:.4g}")
+    if not signs:
+        return None
+    return (f"Warning: {' and '.join(signs)}: the discriminator is probably diverging. The 16-bit D does this on some "
+            f"data (README, known issue); resume an earlier training state with --set r1_fp32=true (R1 in fp32) or "
+            f"--set d_num_fp16_res=0 (D in fp32).")
+
+
 def maintenance(run: EasyDict, done: bool) -> None:
     """End of a tick: stats sync, status line, logs, grids, snapshots, metrics. All ranks call it."""
     tick_end = time.time()
@@ -280,6 +304,9 @@ def maintenance(run: EasyDict, done: bool) -> None:
              run.tick_start_nimg, 1), "Timing/maintenance_sec": run.maint_sec, "Resources/peak_gpu_mem_gb": peak_gb}
     if run.rank == 0:
         print(status_line(run, stats, tick_sec, run.maint_sec, peak_gb), flush=True)
+        warning = divergence_warning(stats)
+        if warning:
+            print(warning, flush=True)
     snap_due = done or (run.cfg.snap > 0 and run.cur_tick % run.cfg.snap == 0)
     image_due = done or (run.cfg.image_snap > 0 and run.cur_tick % run.cfg.image_snap == 0)
     if image_due and run.rank == 0:
