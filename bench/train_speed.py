@@ -213,7 +213,7 @@ def gate_graph(presets: str, device, data, steps: int = 50) -> dict:
 
 
 @torch.no_grad()
-def render_speed(device, presets: str, batch: int, chunk: int, reps: int, dtype) -> dict:
+def render_speed(device, presets: str, batch: int, chunk: int, reps: int, dtype, fused: bool = False) -> dict:
     gc.collect()
     torch.cuda.empty_cache()
     cfg = make_cfg(presets, "fp32")
@@ -224,11 +224,14 @@ def render_speed(device, presets: str, batch: int, chunk: int, reps: int, dtype)
 
     def one(_):
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-            G.synthesis(G.mapping(z), c2w, ray_chunk=chunk)
-    one(0)
+            return G.synthesis(G.mapping(z), c2w, ray_chunk=chunk, fused_mlp=fused)
+    img = one(0)
+    ref = G.synthesis(G.mapping(z), c2w, ray_chunk=chunk)            # fp32 default path: the accuracy reference
     torch.cuda.reset_peak_memory_stats()
     sec = cuda_time(one, reps)
-    return {"batch": batch, "ray_chunk": chunk, "dtype": str(dtype), "images_per_s": batch / sec,
+    return {"batch": batch, "ray_chunk": chunk, "dtype": str(dtype), "fused_mlp": fused, "images_per_s": batch / sec,
+            "max_abs_vs_fp32": (img.float() - ref).abs().max().item(),
+            "mean_abs_vs_fp32": (img.float() - ref).abs().mean().item(),
             "samples_per_s": batch * G.img_resolution ** 2 * G.num_samples / sec,
             "peak_alloc_gb": torch.cuda.max_memory_allocated() / 2**30}
 
@@ -320,6 +323,9 @@ def main() -> None:
             rr[f"t4_bf16_b{b}"] = render_speed(device, "carla,t4", b, ch, 10, torch.bfloat16)
         rr["t4_fp32_b64"] = render_speed(device, "carla,t4", 64, 65536, 5, None)
         rr["std_bf16_b32"] = render_speed(device, "cars,standard", 32, 65536, 5, torch.bfloat16)
+        for b, ch in ((64, 65536), (64, 262144)):                   # the fused Triton MLP (opt-in path)
+            rr[f"t4_fused_b{b}_c{ch}"] = render_speed(device, "carla,t4", b, ch, 10, None, fused=True)
+        rr["std_fused_b32"] = render_speed(device, "cars,standard", 32, 65536, 5, None, fused=True)
         RESULTS["sections"]["render"] = rr
         print(json.dumps(rr, indent=1), flush=True)
         save(out)

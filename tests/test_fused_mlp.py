@@ -287,3 +287,49 @@ def test_kernel_compiles_for_gpus(cc, dtype, num_layers, skip_layer, pipeline):
         assert "cp.async" in ptx                                 # weight tiles prefetched asynchronously
     if report:
         assert "0 bytes spill stores" in report, report
+
+
+_G_SCRIPT = textwrap.dedent("""
+    import json, torch
+    from training.networks.generator import Generator
+    torch.manual_seed(0)
+    G = Generator(width=16, num_layers=2, img_resolution=8, num_samples=6)
+    z = torch.randn(2, G.z_dim)
+    c2w = G.sample_poses(2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        w = G.mapping(z)
+        ref = G.synthesis(w, c2w)
+        fused = G.synthesis(w, c2w, fused_mlp=True, ray_chunk=40)
+    with torch.autocast("cpu", dtype=torch.float16):   # the default path in fp16, for scale
+        with torch.no_grad():
+            half = G.synthesis(w, c2w)
+    print("RESULTS " + json.dumps({"fused": (fused - ref).abs().max().item(),
+                                   "half": (half.float() - ref).abs().max().item()}))
+""")
+
+
+def test_generator_fused_mlp_flag_on_cpu_is_the_default_path():
+    from training.networks.generator import Generator
+    torch.manual_seed(0)
+    G = Generator(width=16, num_layers=2, img_resolution=8, num_samples=6)
+    w, c2w = G.mapping(torch.randn(2, G.z_dim)), G.sample_poses(2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(G.synthesis(w, c2w, fused_mlp=True), G.synthesis(w, c2w))   # no GPU: not used
+    img = G.synthesis(w, c2w, fused_mlp=True)                    # grad mode: never the (forward-only) kernel
+    img.sum().backward()
+    assert G.nerf.layers[0].weight.grad is not None
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the kernel is only tested under the "
+                                           "Triton interpreter or on a GPU")
+def test_generator_renders_through_the_fused_mlp_under_the_interpreter(tmp_path):
+    script = tmp_path / "run_fused_generator.py"
+    script.write_text(_G_SCRIPT)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1]
+    res = json.loads(line[len("RESULTS "):])
+    assert 0 < res["fused"] < 0.05, res          # fp16 matmuls: close to fp32, but not the fp32 path itself

@@ -104,12 +104,25 @@ class Generator(nn.Module):
         if patch_size is not None and not 1 <= patch_size <= self.img_resolution:
             raise UserError(f"patch_size={patch_size} must lie in 1..img_resolution ({self.img_resolution}).")
 
-    def _field(self, w: torch.Tensor) -> FieldFn:
+    def _fused_evaluator(self, weights: list, device: torch.device):
+        """The fused Triton MLP (torch_utils/ops/fused_mlp.py, fp16) for these weights, or None where it cannot run:
+        with autograd on, on CPU (unless Triton's interpreter is on), before sm_80, or for unsupported shapes."""
+        if torch.is_grad_enabled():
+            return None
+        from torch_utils.ops import fused_mlp as fm
+        if not fm.supported(self.nerf) or not (fm.available(device) or (device.type == "cpu" and fm._interpreting())):
+            return None
+        cfg = fm.mlp_config(self.nerf)
+        packed = fm.pack_weights(weights, dtype=torch.float16, **cfg)             # cast + pad once per render
+        return lambda pts: fm.fused_evaluate(packed, pts, dtype=torch.float16, **cfg)
+
+    def _field(self, w: torch.Tensor, fused_mlp: bool = False) -> FieldFn:
         """Build the per-object NeRF weights once; return field(pts [B, N, 3]) -> (rgb [B, N, 3], raw_sigma [B, N])."""
         weights = self.nerf.build_weights(w)
+        fused = self._fused_evaluator(weights, w.device) if fused_mlp else None
 
         def field(pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            raw = self.nerf.evaluate(weights, pts)                              # [B, N, 4]
+            raw = fused(pts) if fused is not None else self.nerf.evaluate(weights, pts)   # [B, N, 4]
             raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
             return torch.sigmoid(raw[..., :3]), raw[..., 3]
         return field
@@ -117,10 +130,12 @@ class Generator(nn.Module):
     def synthesis(self, w: torch.Tensor, c2w: torch.Tensor, window: torch.Tensor | None = None,
                   patch_size: int | None = None, perturb: bool = False, generator: torch.Generator | None = None,
                   ray_chunk: int | None = None, return_aux: bool = False,
-                  randomness: Randomness | None = None) -> Output:
+                  randomness: Randomness | None = None, fused_mlp: bool = False) -> Output:
         """Render w [B, w_dim] from c2w [B, 4, 4]: full images, or P x P windows [B, 2] (row0, col0).
 
         randomness: (perturb=True only) the draws from `sample_randomness`, instead of drawing from `generator`.
+        fused_mlp: under torch.no_grad on an sm_80+ GPU, evaluate the MLP with the fused fp16 Triton kernel (opt-in:
+        not yet measured against the default path; silently the default path where the kernel cannot run).
         Returns img [B, 3, h, w] in [-1, 1] (fp32), and with return_aux also dict(depth, opacity [B, 1, h, w]).
         """
         if (window is None) != (patch_size is None):
@@ -131,7 +146,8 @@ class Generator(nn.Module):
             raise UserError(f"The torch.Generator is on {generator.device} but G runs on {w.device}; "
                             f"create it with torch.Generator(device=...) on the same device.")
         c2w = c2w.to(device=w.device, dtype=w.dtype)
-        img, aux = render_image(self._field(w), c2w, self.img_resolution, window=window, patch_size=patch_size,
+        field = self._field(w, fused_mlp)
+        img, aux = render_image(field, c2w, self.img_resolution, window=window, patch_size=patch_size,
                                 near=self.near, far=self.far, num_samples=self.num_samples,
                                 perturb=perturb and self.perturb > 0,
                                 raw_noise_std=self.raw_noise_std if perturb else 0.0, generator=generator,
