@@ -129,7 +129,7 @@ def phase_times(step: TrainStep, reals: torch.Tensor, cfg, reps: int = 20) -> di
 
     def dreg(_):
         step.opt_D.zero_grad(set_to_none=True)
-        step._phase(step.loss.dreg(real, cfg.d_reg_interval), step.D_params, step.opt_D, step.guard_D)
+        step._phase(step.loss.dreg(real, cfg.d_reg_interval), step.D_params, step.opt_D, step.guard_Dreg)
 
     from training.loss import ema_beta, update_ema
 

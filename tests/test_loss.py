@@ -254,3 +254,25 @@ def test_r1_phase_precision_is_separate_from_the_main_phases():
     seen.clear()
     loss.dreg(real, gain=16)
     assert seen == [None]
+
+
+def test_two_guards_share_one_fused_adam_with_separate_scales():
+    """Dmain and R1 phases of D: one optimiser, two loss scales; an R1 overflow skips only the R1 step."""
+    p = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = make_optimizer([p], 0.1, (0.0, 0.99), 1e-8, torch.device("cpu"))
+    main = GradGuard([p], torch.device("cpu"), dynamic=True, init_scale=1024.0)
+    reg = GradGuard([p], torch.device("cpu"), dynamic=True, init_scale=1024.0)
+    assert main.attach(opt) and reg.attach(opt)
+    p.grad = torch.tensor([1024.0, 1024.0])
+    assert main.unscale_and_check().item() is False
+    main.bind()
+    before = p.detach().clone()
+    opt.step()
+    assert not torch.equal(p.detach(), before)
+    p.grad = torch.tensor([float("inf"), 1.0])
+    assert reg.unscale_and_check().item() is True
+    reg.bind()
+    after_main = p.detach().clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), after_main)                  # the R1 step was skipped ...
+    assert reg.scale.item() == 512.0 and main.scale.item() == 1024.0    # ... and only its scale halved

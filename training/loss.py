@@ -84,9 +84,15 @@ class GradGuard:
         Returns whether it was attached (optimisers without device-side skipping get zeroed gradients instead)."""
         if not (self.dynamic and getattr(optimizer, "_step_supports_amp_scaling", False)):
             return False
-        optimizer.found_inf = self.found_inf
         self.optimizer = optimizer
+        self.bind()
         return True
+
+    def bind(self) -> None:
+        """Point the attached optimiser's skip flag at this guard (several guards may share one optimiser, e.g. the
+        Dmain and R1 phases of D: each binds before its own optimiser step)."""
+        if self.optimizer is not None:
+            self.optimizer.found_inf = self.found_inf
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.scale if self.dynamic else loss

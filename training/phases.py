@@ -50,8 +50,12 @@ class TrainStep:
         self.opt_D = make_optimizer(self.D_params, d_lr, d_betas, cfg.eps, device)
         self.guard_G = GradGuard(self.G_params, device, dynamic, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
         self.guard_D = GradGuard(self.D_params, device, dynamic, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
-        self.guard_G.attach(self.opt_G)   # fp16: fused Adam skips steps with non-finite gradients on the device
-        self.guard_D.attach(self.opt_D)
+        # The R1 phase has its own fp16 loss scale: its double backward through a sharp D overflows at scales where
+        # Dmain's gradients are fine, and one shared scale would shrink until Dmain's fp16 gradients underflow.
+        self.guard_Dreg = GradGuard(self.D_params, device, dynamic, cfg.loss_scale_init,
+                                    cfg.loss_scale_growth_interval)
+        for guard, opt in ((self.guard_G, self.opt_G), (self.guard_D, self.opt_D), (self.guard_Dreg, self.opt_D)):
+            guard.attach(opt)   # fp16: fused Adam skips steps with non-finite gradients on the device
         self.loss = HyperNeRFGANLoss(G, D, augment_pipe, cfg.patch_size, cfg.r1_gamma, generator=generator,
                                      g_dtype=dtype, d_dtype=dtype,
                                      d_channels_last=cfg.d_channels_last and device.type == "cuda",
@@ -70,6 +74,7 @@ class TrainStep:
         guard.scale_loss(loss).backward(inputs=params)
         dist_utils.all_reduce_grads(params)
         bad = guard.unscale_and_check()
+        guard.bind()
         opt.step()
         return bad
 
@@ -94,7 +99,7 @@ class TrainStep:
         if cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0:
             self.opt_D.zero_grad(set_to_none=True)
             reg = self.loss.dreg(real, gain=cfg.d_reg_interval)
-            bad = bad | self._phase(reg, self.D_params, self.opt_D, self.guard_D)
+            bad = bad | self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg)
 
         # Update G_ema and counters.
         self.cur_nimg.add_(cfg.batch)
@@ -117,6 +122,7 @@ class TrainStep:
         if self.guard_G.dynamic:
             training_stats.report("Progress/loss_scale_G", self.guard_G.scale)
             training_stats.report("Progress/loss_scale_D", self.guard_D.scale)
+            training_stats.report("Progress/loss_scale_Dreg", self.guard_Dreg.scale)
 
     def read_bad_steps(self) -> tuple[int, int]:
         """Host read (once per tick): (longest consecutive run of bad steps since the last call, total bad steps)."""
@@ -127,6 +133,7 @@ class TrainStep:
     def state_dict(self) -> dict:
         return {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
                 "guard_G": self.guard_G.state_dict(), "guard_D": self.guard_D.state_dict(),
+                "guard_Dreg": self.guard_Dreg.state_dict(),
                 "cur_nimg": self.cur_nimg.cpu().clone(), "bad_consec": self.bad_consec.cpu().clone(),
                 "bad_total": self.bad_total.cpu().clone(), "ada_acc": self.ada_acc.cpu().clone()}
 
@@ -135,6 +142,7 @@ class TrainStep:
         self.opt_D.load_state_dict(state["opt_D"])
         self.guard_G.load_state_dict(state["guard_G"])
         self.guard_D.load_state_dict(state["guard_D"])
+        self.guard_Dreg.load_state_dict(state.get("guard_Dreg", state["guard_D"]))   # states from before the split
         for name in ("cur_nimg", "bad_consec", "bad_total", "ada_acc"):
             getattr(self, name).copy_(state[name])
         self.bad_consec_max.copy_(self.bad_consec)
