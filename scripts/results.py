@@ -309,12 +309,13 @@ def ablation_rows(results: list[RunResult], study: dict) -> list[list[str]]:
     return rows
 
 
-def floor_rows(floors: list[dict]) -> list[list[str]]:
+def floor_rows(floors: list[dict], with_device: bool = False) -> list[list[str]]:
     rows = []
     for fl in floors:
         res = fl.get("results", {})
         rows.append([fl.get("label", "-"), _f(res.get(FID)), _f(res.get(PREC), 3), _f(res.get(REC), 3),
-                     str(fl.get("n_real", "-")), str(fl.get("n_fake", "-")), format_duration(fl.get("seconds"))])
+                     str(fl.get("n_real", "-")), str(fl.get("n_fake", "-")), format_duration(fl.get("seconds"))]
+                    + ([fl.get("device", "-")] if with_device else []))
     return rows
 
 
@@ -477,7 +478,8 @@ def _floor_section(floors: list[dict], cpu: dict | None) -> list[str]:
              "FID-1k between two disjoint parts of the same synthetic set (`reproduce.py split`, a seeded "
              "permutation: all of part A as reals, 1,000 images of part B as fakes), and between two different "
              "families as a large reference. A model cannot be told apart from the data below its floor.", ""]
-    lines += (_table(header, floor_rows(floors)) if floors else ["Study floors (10k sets): not run."]) + [""]
+    lines += (_table(header + ["device"], floor_rows(floors, with_device=True)) if floors
+              else ["Study floors (10k sets): not run."]) + [""]
     if cpu:
         lines += [f"### Measured on CPU at {cpu.get('set_size', 3000):,} images (not the study's 10k sets)", "",
                   cpu.get("description", ""), "", f"Machine: {cpu.get('machine', '-')}. "
