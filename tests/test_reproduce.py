@@ -130,6 +130,15 @@ def test_report_tables_from_synthetic_runs(tmp_path):
     assert results.PALETTE[0] in colors and results.PALETTE[1] in colors  # one line per run
 
 
+def test_report_full_plan_lists_the_runs_not_asked_for(tmp_path):
+    out = _study(tmp_path)
+    partial = results.build_report(out, tmp_path / "a" / "R.md").read_text()
+    full = results.build_report(out, tmp_path / "b" / "R.md", full_plan=True).read_text()
+    assert "carla-baseline-s0" not in partial
+    assert _row(full, "carla-baseline-s0")[2:4] == ["not run", "not run"]
+    assert _row(full, "cars-baseline-s0") == _row(partial, "cars-baseline-s0")
+
+
 def test_report_without_runs_invents_nothing(tmp_path):
     md = results.build_report(tmp_path / "none", tmp_path / "R.md").read_text()
     assert "Status: 0 of 9 runs done" in md and not (tmp_path / "results_fid.png").exists()
