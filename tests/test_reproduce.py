@@ -130,6 +130,24 @@ def test_report_tables_from_synthetic_runs(tmp_path):
     assert results.PALETTE[0] in colors and results.PALETTE[1] in colors  # one line per run
 
 
+def test_report_marks_off_grid_snapshots_and_names_the_detector(tmp_path):
+    from metrics.detector import DETECTOR_SHA1
+    out = _study(tmp_path)
+    run_dir = out / "runs" / "cars-baseline-s0" / "train" / "00000-a"
+    with open(run_dir / "metric-fid1k_full.jsonl", "a") as f:   # a resumed run's snapshot between the grid points
+        f.write(json.dumps({"metric": "fid1k_full", "results": {"fid1k_full": 65.0}, "kimg": 188.616,
+                            "snapshot_pkl": "network-snapshot-000188.pkl", "detector_sha1": DETECTOR_SHA1}) + "\n")
+    md = results.build_report(out, tmp_path / "R.md").read_text()
+    assert _row(md, "188.616 *")[1] == "65.00" and "a snapshot off the kimg grid" in md
+    assert _row(md, "200")[1] == "50.00"
+    assert f"every record names the official file (sha1 {DETECTOR_SHA1})" in md
+    with open(run_dir / "metric-fid1k_full.jsonl", "a") as f:
+        f.write(json.dumps({"metric": "fid1k_full", "results": {"fid1k_full": 64.0}, "kimg": 190.0,
+                            "snapshot_pkl": "x.pkl", "detector_sha1": "0" * 40}) + "\n")
+    md = results.build_report(out, tmp_path / "R.md").read_text()
+    assert "**not** the official file" in md and "0" * 40 in md
+
+
 def test_report_full_plan_lists_the_runs_not_asked_for(tmp_path):
     out = _study(tmp_path)
     partial = results.build_report(out, tmp_path / "a" / "R.md").read_text()
