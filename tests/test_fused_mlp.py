@@ -215,18 +215,23 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the kernel is only tested under the "
-                                           "Triton interpreter or on a GPU")
-def test_kernel_under_triton_interpreter(tmp_path):
-    script = tmp_path / "run_fused_mlp_interpreted.py"
-    script.write_text(_INTERPRETER_SCRIPT)
+def _run_interpreted(tmp_path: Path, name: str, script: str) -> dict:
+    """Run `script` in a subprocess under Triton's CPU interpreter; returns the JSON of its last 'RESULTS ' line."""
+    path = tmp_path / name
+    path.write_text(script)
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(path)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1]
-    results = json.loads(line[len("RESULTS "):])
+    return json.loads(line[len("RESULTS "):])
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the kernel is only tested under the "
+                                           "Triton interpreter or on a GPU")
+def test_kernel_under_triton_interpreter(tmp_path):
+    results = _run_interpreted(tmp_path, "run_fused_mlp_interpreted.py", _INTERPRETER_SCRIPT)
     assert results.pop("self_check") is True
     sincos = results.pop("sincos")
     assert sincos["sin"] < 1e-6 and sincos["cos"] < 1e-6, sincos
@@ -323,13 +328,5 @@ def test_generator_fused_mlp_flag_on_cpu_is_the_default_path():
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the kernel is only tested under the "
                                            "Triton interpreter or on a GPU")
 def test_generator_renders_through_the_fused_mlp_under_the_interpreter(tmp_path):
-    script = tmp_path / "run_fused_generator.py"
-    script.write_text(_G_SCRIPT)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1]
-    res = json.loads(line[len("RESULTS "):])
+    res = _run_interpreted(tmp_path, "run_fused_generator.py", _G_SCRIPT)
     assert 0 < res["fused"] < 0.05, res          # fp16 matmuls: close to fp32, but not the fp32 path itself
