@@ -321,10 +321,9 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
             "train_set")
     study = {k: opts[k] for k in keys} | {k: list(opts[k]) for k in ("families", "ablations", "seeds")}
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        clash = [k for k in ("count", "resolution", "smoke", "snap_kimg") if k in old and old[k] != study[k]]
-        if old.get("train_set", []) != study["train_set"]:
-            clash.append("train_set")
+        old = {"train_set": [], **json.loads(path.read_text(encoding="utf-8"))}   # studies from before --set
+        clash = [k for k in ("count", "resolution", "smoke", "snap_kimg", "train_set")
+                 if k in old and old[k] != study[k]]
         if clash:
             raise UserError(f"'{outdir}' holds a study with other {', '.join(clash)} "
                             f"({', '.join(f'{k}={old[k]}' for k in clash)}); use a new --outdir for a different "

@@ -244,6 +244,11 @@ def test_study_wide_overrides_reach_every_train_command_and_must_match(tmp_path,
     reproduce._merge_study(tmp_path, base | {"train_set": ["r1_fp32=true"]})
     with pytest.raises(reproduce.UserError, match="train_set"):
         reproduce._merge_study(tmp_path, base | {"train_set": []})
+    older = tmp_path / "older"                            # a study.json written before --set existed
+    older.mkdir()
+    (older / "study.json").write_text(json.dumps({k: v for k, v in base.items()}))
+    with pytest.raises(reproduce.UserError, match=r"train_set=\[\]"):
+        reproduce._merge_study(older, base | {"train_set": ["r1_fp32=true"]})
     md = results.build_report(tmp_path, tmp_path / "R.md").read_text()
     assert "with `--set r1_fp32=true`" in md
     code, out, err = invoke(reproduce.main, ["run", "--outdir", str(tmp_path / "x"), "--set", "bogus_key=1"], capsys)
