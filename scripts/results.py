@@ -100,18 +100,25 @@ def find_run_dir(root: str | Path) -> Path | None:
     return (with_state or dirs or [None])[0]
 
 
+def metric_records(run_dir: Path | None) -> list[dict]:
+    """The parsed records of every metric-*.jsonl of a run directory, in file order (malformed lines skipped)."""
+    records = []
+    for path in sorted(run_dir.glob("metric-*.jsonl")) if run_dir is not None else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                rec = json.loads(line)
+                if isinstance(rec, dict):
+                    records.append(rec)
+    return records
+
+
 def read_metric_points(run_dir: Path | None) -> dict[float, dict[str, float]]:
     """{kimg: {result key: value}} from every metric-*.jsonl of a run directory (later records win)."""
     points: dict[float, dict[str, float]] = {}
-    for path in sorted(run_dir.glob("metric-*.jsonl")) if run_dir is not None else []:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "kimg" in rec:
-                points.setdefault(float(rec["kimg"]), {}).update(
-                    {k: float(v) for k, v in rec.get("results", {}).items() if isinstance(v, (int, float))})
+    for rec in metric_records(run_dir):
+        if "kimg" in rec:
+            points.setdefault(float(rec["kimg"]), {}).update(
+                {k: float(v) for k, v in rec.get("results", {}).items() if isinstance(v, (int, float))})
     return points
 
 
@@ -162,13 +169,14 @@ def collect_run(outdir: Path, run: PlannedRun, study: dict) -> RunResult:
     """Read the start and train run directories of one planned run."""
     root = outdir / "runs" / run.name
     start, train = find_run_dir(root / "start"), find_run_dir(root / "train")
-    points = {**read_metric_points(start), **read_metric_points(train)}
+    train_points = read_metric_points(train)
+    points = {**read_metric_points(start), **train_points}
     meta = _read_json(root / "reproduce.json") or {}
     options = _read_json(train / "training_options.json") if train is not None else None
     batch = int((options or {}).get("config", {}).get("batch", study.get("batch", 4)))
     log = train / "log.txt" if train is not None else None
     wall = log_wall_seconds(log.read_text(encoding="utf-8", errors="replace")) if log and log.is_file() else None
-    final = any(k >= study["kimg"] - 1e-6 for k in read_metric_points(train))
+    final = any(k >= study["kimg"] - 1e-6 for k in train_points)
     return RunResult(run, start, train, points, wall, meta.get("device"),
                      [s["command"] for s in meta.get("sessions", [])], batch, final)
 
@@ -176,14 +184,8 @@ def collect_run(outdir: Path, run: PlannedRun, study: dict) -> RunResult:
 def detector_note(results: list[RunResult]) -> str:
     """Which detector file the study's metric records name: the official one (by sha1) or another file."""
     from metrics.detector import DETECTOR_SHA1
-    sha1s = set()
-    for r in results:
-        for d in (r.start_dir, r.train_dir):
-            for path in sorted(d.glob("metric-*.jsonl")) if d is not None else []:
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                        sha1s.add(json.loads(line).get("detector_sha1"))
-    sha1s.discard(None)
+    sha1s = {rec.get("detector_sha1") for r in results for d in (r.start_dir, r.train_dir)
+             for rec in metric_records(d)} - {None}
     if not sha1s:
         return ""
     if sha1s == {DETECTOR_SHA1}:
