@@ -163,8 +163,12 @@ def gate_images(presets: str, device) -> dict:
         flat = torch.cat([x.flatten() for x in grads])
         out[f"{name}_rel_l2"] = ((img.float() - ref).norm() / ref.norm()).item()
         out[f"{name}_grad_cos"] = torch.nn.functional.cosine_similarity(flat, flat32, dim=0).item()
-    out["pass"] = (out["naive_vs_batched_max_abs"] <= 1e-4 and all(out[f"{n}_rel_l2"] <= 1e-2 and
-                                                                    out[f"{n}_grad_cos"] >= 0.999 for n in ("bf16", "fp16")))
+    # PERF.md's acceptance for a 16-bit path: image rel. L2 <= 1e-2 and G-gradient cosine >= 0.999, per precision.
+    # The measured misses (fp16 1.0e-2 / 2.3e-2, bf16 4-5e-2 and cosine 0.992-0.995) are explained in
+    # docs/PERFORMANCE.md (bistable last-sample pixels); they stay failures here rather than widened tolerances.
+    for n in ("bf16", "fp16"):
+        out[f"{n}_pass"] = out[f"{n}_rel_l2"] <= 1e-2 and out[f"{n}_grad_cos"] >= 0.999
+    out["pass"] = out["naive_vs_batched_max_abs"] <= 1e-4 and out["bf16_pass"] and out["fp16_pass"]
     return out
 
 
@@ -226,7 +230,7 @@ def render_speed(device, presets: str, batch: int, chunk: int, reps: int, dtype,
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
             return G.synthesis(G.mapping(z), c2w, ray_chunk=chunk, fused_mlp=fused)
     img = one(0)
-    ref = G.synthesis(G.mapping(z), c2w, ray_chunk=chunk)            # fp32 default path: the accuracy reference
+    ref = G.synthesis(G.mapping(z), c2w)     # fp32 default path (G's default chunk): the accuracy reference
     torch.cuda.reset_peak_memory_stats()
     sec = cuda_time(one, reps)
     return {"batch": batch, "ray_chunk": chunk, "dtype": str(dtype), "fused_mlp": fused, "images_per_s": batch / sec,
@@ -288,6 +292,10 @@ def main() -> None:
                                         "std_compiled_g": gate_compiled_g(std, device),
                                         "t4_graph": gate_graph(t4, device, data)}
         print(json.dumps(RESULTS["sections"]["gates"], indent=1), flush=True)
+        failed = [name for name, gate in RESULTS["sections"]["gates"].items() if not gate["pass"]]
+        RESULTS["gates_pass"] = not failed
+        for name in failed:
+            print(f"GATE FAILED: {name} (timings below compare paths that disagree)", flush=True)
         save(out)
     for sec_name, presets in (("t4", t4), ("standard", std)):
         if sec_name not in sections:
@@ -318,17 +326,20 @@ def main() -> None:
                 r["x_naive"] = r["img_per_s"] / base
         save(out)
     if "render" in sections:
-        rr = {"naive_t4": naive_render_speed(device, "carla,t4", 4)}
-        for b, ch in ((16, None), (64, 65536), (128, 65536)):
-            rr[f"t4_bf16_b{b}"] = render_speed(device, "carla,t4", b, ch, 10, torch.bfloat16)
-        rr["t4_fp32_b64"] = render_speed(device, "carla,t4", 64, 65536, 5, None)
-        rr["std_bf16_b32"] = render_speed(device, "cars,standard", 32, 65536, 5, torch.bfloat16)
-        for b, ch in ((64, 65536), (64, 262144)):                   # the fused Triton MLP (opt-in path)
-            rr[f"t4_fused_b{b}_c{ch}"] = render_speed(device, "carla,t4", b, ch, 10, None, fused=True)
-        rr["std_fused_b32"] = render_speed(device, "cars,standard", 32, 65536, 5, None, fused=True)
-        RESULTS["sections"]["render"] = rr
-        print(json.dumps(rr, indent=1), flush=True)
-        save(out)
+        rr = RESULTS["sections"]["render"] = {"naive_t4": naive_render_speed(device, "carla,t4", 4)}
+        rows = [(f"t4_bf16_b{b}", ("carla,t4", b, ch, 10, torch.bfloat16)) for b, ch in ((16, None), (64, 65536),
+                                                                                          (128, 65536))]
+        rows += [("t4_fp32_b64", ("carla,t4", 64, 65536, 5, None)),
+                 ("std_bf16_b32", ("cars,standard", 32, 65536, 5, torch.bfloat16))]
+        rows += [(f"t4_fused_b{b}_c{ch}", ("carla,t4", b, ch, 10, None)) for b, ch in ((64, 65536), (64, 262144))]
+        rows += [("std_fused_b32", ("cars,standard", 32, 65536, 5, None))]
+        for name, spec in rows:   # one row at a time, saved as it lands: an OOM costs its row, not the section
+            try:
+                rr[name] = render_speed(device, *spec, fused="fused" in name)
+            except torch.OutOfMemoryError:
+                rr[name] = {"error": f"OOM@{args.cap_gib}GiB"}
+            print("render", name, json.dumps(rr[name]), flush=True)
+            save(out)
     if "fid" in sections:
         RESULTS["sections"]["fid"] = fid_speed(device, "carla,t4", args.detector)
         print(json.dumps(RESULTS["sections"]["fid"], indent=1), flush=True)

@@ -193,6 +193,9 @@ class Recorder:
 SMOKE = dict(kimg=0.02, snap_kimg=0.01, count=64, resolution=32)
 
 
+_METRICS_LOCK = threading.Lock()
+
+
 def _done_kimg(run_dir: Path) -> float | None:
     """The kimg of the last 'Done: X kimg' line of log.txt (train.py prints it when it reaches --kimg)."""
     log = run_dir / "log.txt"
@@ -232,8 +235,9 @@ def _train_stage(rec: Recorder, opts: dict, run: results.PlannedRun, stage: str,
     run_dir = results.find_run_dir(stage_root)
     if run_dir is not None and _metrics_missing(run_dir):
         det = ["--detector", opts["detector"]] if opts["detector"] else []
-        rec.run([_script("calc_metrics.py"), "--network", str(run_dir), "--metrics", ",".join(results.METRICS),
-                 "--seed", str(run.seed), *det], label + " metrics", session)
+        with _METRICS_LOCK:   # one metrics step at a time: with --jobs, six at once ran a 80 GB GPU out of memory
+            rec.run([_script("calc_metrics.py"), "--network", str(run_dir), "--metrics", ",".join(results.METRICS),
+                     "--seed", str(run.seed), *det], label + " metrics", session)
 
 
 def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:

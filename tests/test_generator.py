@@ -177,3 +177,23 @@ def test_bad_arguments_raise_user_errors() -> None:
         Generator(num_samples=1)
     starts = G.sample_windows(2000, 4, generator=torch.Generator().manual_seed(0))
     assert starts.min() == 0 and starts.max() == 4  # Every valid offset, the last row/column included.
+
+
+def test_full_renders_are_chunked_by_default(monkeypatch) -> None:
+    """ray_chunk=None bounds the points per field call for full images (metrics at batch 16 must fit a T4)."""
+    G = _small_g(img_resolution=12)
+    monkeypatch.setattr(G, "DEFAULT_RAY_CHUNK", 100)
+    sizes = []
+    evaluate = G.nerf.evaluate
+    monkeypatch.setattr(G.nerf, "evaluate", lambda weights, pts: sizes.append(pts.shape[0] * pts.shape[1])
+                        or evaluate(weights, pts))
+    z = G.sample_z(3, generator=torch.Generator().manual_seed(3))
+    c2w = G.sample_poses(3, generator=torch.Generator().manual_seed(4))
+    img = G(z, c2w=c2w)
+    assert len(sizes) > 1 and max(sizes) <= 100 * G.num_samples
+    sizes.clear()
+    torch.testing.assert_close(G(z, c2w=c2w, ray_chunk=10 ** 9), img, rtol=0, atol=1e-6)
+    assert len(sizes) == 1                                        # an explicit chunk still wins
+    sizes.clear()
+    G(z, c2w=c2w, window=G.sample_windows(3, 5, generator=torch.Generator().manual_seed(5)), patch_size=5)
+    assert len(sizes) == 1                                        # windows: one call

@@ -235,6 +235,6 @@ def test_divergence_warning_signs():
     assert divergence_warning({}) is None
     assert divergence_warning({"Progress/loss_scale_D": stat(4096.0), "Loss/r1_penalty": stat(0.4)}) is None
     msg = divergence_warning({"Progress/loss_scale_D": stat(0.84), "Loss/r1_penalty": stat(8230.0)})
-    assert "loss scale fell to 0.84" in msg and "R1 penalty is 8230" in msg and "r1_fp32=true" in msg
+    assert "loss scale fell to 0.84" in msg and "R1 penalty is 8230" in msg and "d_lr=0.001" in msg
     assert "R1 penalty is nan" in divergence_warning({"Loss/r1_penalty": stat(float("nan"))})
 
