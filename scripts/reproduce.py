@@ -114,6 +114,10 @@ class StepFailed(UserError):
     """A subprocess of the study exited with a non-zero status."""
 
 
+class MetricsFailed(StepFailed):
+    """A metrics step failed; the run's snapshots are intact and the next invocation computes what is missing."""
+
+
 def device_name() -> str:
     """The accelerator this study runs on (GPU 0's name), or the CPU."""
     import torch
@@ -236,8 +240,11 @@ def _train_stage(rec: Recorder, opts: dict, run: results.PlannedRun, stage: str,
     if run_dir is not None and _metrics_missing(run_dir):
         det = ["--detector", opts["detector"]] if opts["detector"] else []
         with _METRICS_LOCK:   # one metrics step at a time: with --jobs, six at once ran a 80 GB GPU out of memory
-            rec.run([_script("calc_metrics.py"), "--network", str(run_dir), "--metrics", ",".join(results.METRICS),
-                     "--seed", str(run.seed), *det], label + " metrics", session)
+            try:
+                rec.run([_script("calc_metrics.py"), "--network", str(run_dir), "--metrics",
+                         ",".join(results.METRICS), "--seed", str(run.seed), *det], label + " metrics", session)
+            except StepFailed as exc:
+                raise MetricsFailed(str(exc)) from exc
 
 
 def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
@@ -245,10 +252,18 @@ def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
     from training.config import resolve_config
     batch = resolve_config(run.cfg).batch
     # One minibatch: the plain eager step (no CUDA graphs, no compilation to pay for), same maths.
-    _train_stage(rec, opts, run, "start", batch / 1000,
-                 ["--set", "cuda_graphs=false", "--set", "d_compile=false", "--set", "g_compile=false"])
+    # A failed metrics step of the 0-kimg point does not hold the training back (the study once lost three runs'
+    # device time that way); it is reported after the training, and the next invocation fills the metric in.
+    deferred = None
+    try:
+        _train_stage(rec, opts, run, "start", batch / 1000,
+                     ["--set", "cuda_graphs=false", "--set", "d_compile=false", "--set", "g_compile=false"])
+    except MetricsFailed as exc:
+        deferred = exc
     _train_stage(rec, opts, run, "train", opts["kimg"],
                  ["--snap", "1", "--set", f"kimg_per_tick={opts['snap_kimg']:g}", "--set", "image_snap=1"])
+    if deferred is not None:
+        raise deferred
 
 
 def ensure_dataset(rec: Recorder, opts: dict, family: str) -> str:

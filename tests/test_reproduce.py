@@ -233,6 +233,28 @@ def test_train_commands_fresh_resume_and_skip(tmp_path):
     assert rec.calls == [["skipped", f"cars-baseline-s3 train: trained to 200 kimg in {run_dir}"]]
 
 
+def test_failed_start_metrics_do_not_hold_the_training_back(tmp_path):
+    class Rec(_FakeRecorder):
+        def run(self, argv, label, session_file=None, capture=False) -> str:
+            super().run(argv, label, session_file, capture)
+            if argv[0].endswith("train.py"):   # leave a snapshot behind so that metrics are due
+                out = Path(argv[argv.index("--outdir") + 1]) / "00000-x"
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "network-snapshot-000000.pkl").write_bytes(b"")
+                return ""
+            if "start" in label:               # only the 0-kimg point's metrics fail
+                raise reproduce.StepFailed(f"[{label}] failed with exit status 1: out of memory")
+            return ""
+
+    opts = dict(outdir=str(tmp_path), data={"cars": "d.zip"}, detector="/d.pt", kimg=200.0, snap_kimg=50.0)
+    run = results.plan_runs(["cars"], [], [0])[0]
+    rec = Rec()
+    with pytest.raises(reproduce.MetricsFailed, match="start metrics"):
+        reproduce.train_run(rec, opts, run)
+    scripts = [(Path(c[0]).name, c[c.index("--kimg") + 1] if "--kimg" in c else "") for c in rec.calls]
+    assert scripts == [("train.py", "0.004"), ("calc_metrics.py", ""), ("train.py", "200"), ("calc_metrics.py", "")]
+
+
 def test_study_wide_overrides_reach_every_train_command_and_must_match(tmp_path, capsys):
     opts = dict(outdir=str(tmp_path), data={"cars": "d.zip"}, detector=None, kimg=200.0, snap_kimg=50.0,
                 train_set=["r1_fp32=true"])
