@@ -21,6 +21,7 @@ from dnnlib import util
 from dnnlib.util import UserError
 from metrics import metric_main
 from metrics.detector import Detector, get_detector
+from training.networks.generator import Generator
 
 
 class _ProgressBars:
@@ -145,7 +146,8 @@ def _pick_device(device: str | None) -> torch.device:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of z/poses and KID subsets.")
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per batch.")
-@click.option("--ray-chunk", type=click.IntRange(min=1), default=None, help="Rays per renderer chunk, over all images of a batch [default: 32768].")
+@click.option("--ray-chunk", type=click.IntRange(min=1), default=None,
+              help=f"Rays per renderer chunk, over all images of a batch [default: {Generator.DEFAULT_RAY_CHUNK}].")
 @click.option("--force", is_flag=True, help="Recompute metrics already recorded in metric-<name>.jsonl.")
 def cli(network: str | None, metrics: str, data: str | None, compare: str | None, device: str | None,
         detector: str | None, seed: int, batch: int, ray_chunk: int | None, force: bool) -> None:

@@ -179,7 +179,8 @@ def gate_compiled_g(presets: str, device) -> dict:
     nets, step = make_step(cfg, device)
     G, loss = nets.G, step.loss
     g = torch.Generator(device=device).manual_seed(7)
-    args = (G.sample_z(4, generator=g), G.sample_poses(4, generator=g), G.sample_windows(4, cfg.patch_size, generator=g),
+    args = (G.sample_z(4, generator=g), G.sample_poses(4, generator=g),
+            G.sample_windows(4, cfg.patch_size, generator=g),
             *G.sample_randomness(4, cfg.patch_size, generator=g))
     outs = []
     for fn in (loss._render_eager, loss._render):

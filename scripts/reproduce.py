@@ -251,11 +251,11 @@ def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
     """The 0-kimg point (one minibatch) and the full-length run of one planned run."""
     from training.config import resolve_config
     batch = resolve_config(run.cfg).batch
-    # One minibatch: the plain eager step (no CUDA graphs, no compilation to pay for), same maths.
     # A failed metrics step of the 0-kimg point does not hold the training back (the study once lost three runs'
     # device time that way); it is reported after the training, and the next invocation fills the metric in.
     deferred = None
     try:
+        # One minibatch: the plain eager step (no CUDA graphs, no compilation to pay for), same maths.
         _train_stage(rec, opts, run, "start", batch / 1000,
                      ["--set", "cuda_graphs=false", "--set", "d_compile=false", "--set", "g_compile=false"])
     except MetricsFailed as exc:
@@ -451,7 +451,7 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
 @click.option("--report", "report", default=None,
               help="Markdown report [default: docs/RESULTS.md; with --smoke <outdir>/RESULTS.md].")
 @click.option("--set", "train_set", multiple=True, metavar="KEY=VALUE",
-              help="Config override passed to every train.py run of the study (repeatable), e.g. r1_fp32=true.")
+              help="Config override passed to every train.py run of the study (repeatable), e.g. d_lr=0.001.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Training runs side by side (each with its metrics); on one GPU use NVIDIA MPS (see README).")
 def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 
 class _StandIn(torch.nn.Module):
-    """Tiny TorchScript feature net fed at 32 px (its `input_size`): 4x4 average pooling and a fixed projection -> [N, 16].
+    """Tiny TorchScript feature net fed at 32 px (its `input_size`): 4x4 average pooling and a fixed projection
+    -> [N, 16].
     Stands in for the Inception detector where a test is about plumbing, not about the features."""
 
     def __init__(self) -> None:

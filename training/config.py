@@ -71,7 +71,7 @@ class TrainConfig:
     mbstd_channels: int = 1
     d_channels_last: bool = True         # GPU: run D's conv blocks in NHWC memory format
     d_compile: bool = True               # GPU: torch.compile D for the first-order phases (R1 stays eager)
-    g_compile: bool = True               # GPU: torch.compile G's patch render (mapping, FMM, encoding, MLP, compositing)
+    g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
     # Augmentation (training/augment.py).
     aug: str = "fixed"                   # fixed (crop + x-flip at p) | ada (adaptive p) | noaug (crop only, p = 0)
     p: float | None = None               # augmentation probability; None = 0.5 for fixed, 0 for ada (initial value)

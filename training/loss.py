@@ -261,14 +261,14 @@ class HyperNeRFGANLoss:
         return group if n >= group and n % group == 0 else None
 
     def score_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """D logits of two batches of n patches in one D call when that is exact, else two calls. -> ([n, 1], [n, 1])."""
+        """D logits of two batches of n patches in one D call when that is exact, else two calls.
+        -> ([n, 1], [n, 1])."""
         n = a.shape[0]
         group = self._mbstd_group(n) if b.shape[0] == n else None
         if group is None:
             return self.score(a), self.score(b)
         logits = self.score(pair_batches(a, b, group))                                  # [2n, 1]
         return unpair_batches(logits, group)
-
 
     def gmain(self, n: int) -> torch.Tensor:
         """Non-saturating G loss (mean over n fakes)."""
