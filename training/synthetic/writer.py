@@ -132,7 +132,9 @@ def _iter_chunks(tasks: list[tuple], workers: int):
         for t in tasks:
             yield _render_chunk(t)
         return
-    with multiprocessing.get_context().Pool(workers, initializer=_init_worker) as pool:
+    # spawn, not Linux's default fork: a process that already runs torch's thread pools (train.py --data synth:...,
+    # the test suite) can fork a worker that deadlocks on a lock held by one of those threads (seen: make test hung).
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
         yield from pool.imap(_render_chunk, tasks)
 
 
