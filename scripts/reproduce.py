@@ -197,7 +197,13 @@ class Recorder:
 SMOKE = dict(kimg=0.02, snap_kimg=0.01, count=64, resolution=32)
 
 
-_METRICS_LOCK = threading.Lock()
+_METRICS_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+
+
+def _metrics_slot(opts: dict) -> threading.BoundedSemaphore:
+    """The semaphore that bounds how many metrics steps run at once (--metric-jobs; one per value, shared by runs)."""
+    n = opts.get("metric_jobs", 1)
+    return _METRICS_SLOTS.setdefault(n, threading.BoundedSemaphore(n))
 
 
 def _done_kimg(run_dir: Path) -> float | None:
@@ -239,7 +245,8 @@ def _train_stage(rec: Recorder, opts: dict, run: results.PlannedRun, stage: str,
     run_dir = results.find_run_dir(stage_root)
     if run_dir is not None and _metrics_missing(run_dir):
         det = ["--detector", opts["detector"]] if opts["detector"] else []
-        with _METRICS_LOCK:   # one metrics step at a time: with --jobs, six at once ran a 80 GB GPU out of memory
+        # --metric-jobs steps at a time (default one): with --jobs 6, six at once ran an 80 GB GPU out of memory
+        with _metrics_slot(opts):
             try:
                 rec.run([_script("calc_metrics.py"), "--network", str(run_dir), "--metrics",
                          ",".join(results.METRICS), "--seed", str(run.seed), *det], label + " metrics", session)
@@ -454,9 +461,12 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
               help="Config override passed to every train.py run of the study (repeatable), e.g. d_lr=0.001.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Training runs side by side (each with its metrics); on one GPU use NVIDIA MPS (see README).")
+@click.option("--metric-jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Metrics steps (calc_metrics.py) of --jobs runs at once; each can take several GB of GPU memory.")
 def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,
         kimg: float | None, snap_kimg: float | None, count: int | None, resolution: int | None,
-        detector: str | None, smoke: bool, report: str | None, train_set: tuple[str, ...], jobs: int) -> None:
+        detector: str | None, smoke: bool, report: str | None, train_set: tuple[str, ...], jobs: int,
+        metric_jobs: int) -> None:
     """Run (or continue) the whole study, then write the report. Finished steps are skipped."""
     defaults = SMOKE if smoke else dict(kimg=200.0, snap_kimg=50.0, count=10000, resolution=128)
     given = dict(kimg=kimg, snap_kimg=snap_kimg, count=count, resolution=resolution)
@@ -466,7 +476,7 @@ def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds:
     for kv in train_set:   # validate now: a typo must not surface as nine failed training runs
         resolve_config("t4", sets=[kv])
     opts |= dict(outdir=outdir, families=_names(families, fams, "family"), smoke=smoke, jobs=jobs,
-                 train_set=list(train_set),
+                 metric_jobs=metric_jobs, train_set=list(train_set),
                  ablations=_names(ablations, results.ABLATIONS, "ablation"),
                  ablation_family=_names(ablation_family, fams, "family")[0], seeds=util.parse_int_list(seeds),
                  spread_family=_names(spread_family, fams, "family")[0],

@@ -339,3 +339,14 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch, standin_detector):
     assert [ln for ln in again.splitlines() if ln.startswith("python")] == \
         [ln for ln in commands.splitlines() if ln.startswith("python")]
     assert "skipped" in again and _row((out / "RESULTS.md").read_text(), "cars-baseline-s0") == row
+
+
+def test_metric_jobs_bound_the_metrics_steps_at_once():
+    slot = reproduce._metrics_slot(dict(metric_jobs=2))
+    assert reproduce._metrics_slot(dict(metric_jobs=2)) is slot             # shared by every run of the study
+    assert slot.acquire(blocking=False) and slot.acquire(blocking=False)
+    assert not slot.acquire(blocking=False)                                 # a third waits
+    slot.release(), slot.release()
+    one = reproduce._metrics_slot({})                                       # default: one at a time
+    assert one.acquire(blocking=False) and not one.acquire(blocking=False)
+    one.release()
