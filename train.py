@@ -111,8 +111,10 @@ def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | Non
         _dry_run(cfg)
         return
     rank, world, device = dist_utils.init(cfg.gpus)
-    from training.training_loop import open_dataset, training_loop
+    from training.training_loop import check_metrics_mlp, open_dataset, training_loop
     data_pair = open_dataset(cfg, rank)  # fails early (before any run directory exists) on bad data
+    if cfg.metrics and cfg.metrics_mlp == "fused":
+        check_metrics_mlp(cfg, device)   # where the fused kernel cannot run: fails before any run directory exists
     resume_state = state_io.load_training_state(state_path) if state_path is not None else None
     if resume_state is not None and rank == 0:
         print(f"Resuming from {state_path} at kimg {resume_state['counters']['cur_nimg'] / 1000:.3f}.")

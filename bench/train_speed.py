@@ -10,6 +10,10 @@ Variants per setting (identical initial weights and seeds):
   d_compiled    graphs + D in channels_last and torch.compile'd (R1 eager), eager G render
   default       what train.py runs on a GPU: d_compiled + G's patch render torch.compile'd, fp16
   default_bf16  the same in bf16
+Render section (full 128x128 no-grad renders): the t4_bf16_* / t4_fp32_* / std_bf16_* rows time the PyTorch MLP path
+(mlp='torch', under bf16 autocast or in fp32: what renders on a T4 and on CPU); the *_fused_* rows time the fused
+Triton MLP (mlp='fused', fp16), which generate.py / calc_metrics.py / the training metrics now use by default
+(--mlp auto) on sm_80+ GPUs; a fused row records an error where the kernel cannot run (e.g. a T4).
 Gates run before timing: batched G == naive G (fp32), bf16/fp16 images close to fp32 with aligned G gradients,
 graphed steps == eager steps. Memory is capped (default 14.5 GiB, a T4's allocatable memory) to emulate a T4.
 Writes bench.json after every section (partial results survive a timeout) and prints a table. Never run in CI.
@@ -28,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.naive import naive_render, naive_run_G  # noqa: E402
+from dnnlib.util import UserError  # noqa: E402
 from training.config import resolve_config  # noqa: E402
 from training.fast_step import DeviceImageCache, GraphedTrainStep  # noqa: E402
 from training.phases import TrainStep  # noqa: E402
@@ -224,17 +229,20 @@ def render_speed(device, presets: str, batch: int, chunk: int, reps: int, dtype,
     cfg = make_cfg(presets, "fp32")
     nets, _ = make_step(cfg, device)
     G = nets.G_ema
+    mlp = "fused" if fused else "torch"        # explicit: a fused row never times the PyTorch path by accident
+    G.mlp_path(mlp, device)                    # UserError where the kernel cannot run (the caller records it)
     g = torch.Generator(device=device).manual_seed(0)
     z, c2w = G.sample_z(batch, generator=g), G.sample_poses(batch, generator=g)
 
     def one(_):
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-            return G.synthesis(G.mapping(z), c2w, ray_chunk=chunk, fused_mlp=fused)
+            return G.synthesis(G.mapping(z), c2w, ray_chunk=chunk, mlp=mlp)
     img = one(0)
-    ref = G.synthesis(G.mapping(z), c2w)     # fp32 default path (G's default chunk): the accuracy reference
+    ref = G.synthesis(G.mapping(z), c2w, mlp="torch")   # fp32 PyTorch path, G's default chunk: the reference
     torch.cuda.reset_peak_memory_stats()
     sec = cuda_time(one, reps)
-    return {"batch": batch, "ray_chunk": chunk, "dtype": str(dtype), "fused_mlp": fused, "images_per_s": batch / sec,
+    return {"batch": batch, "ray_chunk": chunk, "dtype": str(dtype), "fused_mlp": fused, "mlp": mlp,
+            "images_per_s": batch / sec,
             "max_abs_vs_fp32": (img.float() - ref).abs().max().item(),
             "mean_abs_vs_fp32": (img.float() - ref).abs().mean().item(),
             "samples_per_s": batch * G.img_resolution ** 2 * G.num_samples / sec,
@@ -339,6 +347,8 @@ def main() -> None:
                 rr[name] = render_speed(device, *spec, fused="fused" in name)
             except torch.OutOfMemoryError:
                 rr[name] = {"error": f"OOM@{args.cap_gib}GiB"}
+            except UserError as exc:           # a fused row where the kernel cannot run (before sm_80, no triton)
+                rr[name] = {"error": str(exc)}
             print("render", name, json.dumps(rr[name]), flush=True)
             save(out)
     if "fid" in sections:

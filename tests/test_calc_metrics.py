@@ -88,6 +88,7 @@ def test_run_dir_snapshot_jsonl_skip_and_force(env, capsys):
     assert (rec["n_real"], rec["n_fake"], rec["seed"]) == (8, 1000, 0)
     assert rec["detector_sha1"] and rec["resize"] == "nv_bilinear_float_32" and rec["results"]["fid1k_full"] > 0
     assert f"{rec['results']['fid1k_full']:.6g}" in out
+    assert rec["mlp"] == "torch" and "mlp torch" in out          # --mlp auto on a CPU: the PyTorch path, recorded
     code, out, _ = run(args, capsys)
     assert code == 0 and "skipped" in out
     assert len((run_dir / "metric-fid1k_full.jsonl").read_text().splitlines()) == 1
@@ -95,6 +96,33 @@ def test_run_dir_snapshot_jsonl_skip_and_force(env, capsys):
     lines = (run_dir / "metric-fid1k_full.jsonl").read_text().splitlines()
     assert code == 0 and len(lines) == 2
     assert json.loads(lines[1])["results"] == rec["results"]  # same seed -> same z/poses -> same value
+
+
+def test_mlp_option(env, capsys, monkeypatch):
+    """--mlp torch renders what the default (auto) does on a CPU; --mlp fused is refused there before any data is
+    read or any record written; a bad value names the choices."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    tmp, det = env
+    data = _write_images(tmp / "reals", 8, 16, seed=2)
+    kwargs = dict(z_dim=8, w_dim=8, num_layers=2, width=16, rank=2, multires=2, img_resolution=16, num_samples=2)
+    torch.manual_seed(0)
+    G = Generator(**kwargs)
+    run_dir = tmp / "run"
+    save_network_snapshot(run_dir / "network-snapshot-000004.pkl", G=G, G_ema=G, training_set_kwargs={"path": data},
+                          kimg=4.0)
+    args = ["--network", run_dir, "--metrics", "fid1k_full", "--detector", det, "--device", "cpu", "--batch", "250"]
+    code, _, err = run(args + ["--mlp", "fused"], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "--mlp fused) cannot run here" in err and "CUDA GPU" in err and "--mlp torch" in err
+    assert not (run_dir / "metric-fid1k_full.jsonl").exists()
+    code, _, err = run(args + ["--mlp", "nope"], capsys)
+    assert code != 0 and "--mlp" in err and "'auto', 'fused', 'torch'" in err and "Traceback" not in err
+    code, out, err = run(args + ["--mlp", "torch"], capsys)
+    assert code == 0 and "mlp torch" in out, err
+    code, _, err = run(args + ["--force"], capsys)                        # the default: auto
+    assert code == 0, err
+    recs = [json.loads(line) for line in (run_dir / "metric-fid1k_full.jsonl").read_text().splitlines()]
+    assert [r["mlp"] for r in recs] == ["torch", "torch"] and recs[0]["results"] == recs[1]["results"]
 
 
 def test_reals_never_include_xflips(env):

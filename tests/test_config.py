@@ -65,6 +65,7 @@ def test_unknown_preset_and_key_list_valid_ones():
     (["patch_size=24"], "power of two"),
     (["precision=fp8"], "precision"),
     (["aug=strong"], "aug"),
+    (["metrics_mlp=triton"], "metrics_mlp 'triton' is not one of auto, fused, torch"),
     (["p=1.5"], r"p must be in \[0, 1\]"),
     (["kimg=0"], "kimg must be > 0"),
 ])

@@ -305,11 +305,19 @@ _G_SCRIPT = textwrap.dedent("""
         w = G.mapping(z)
         ref = G.synthesis(w, c2w)
         fused = G.synthesis(w, c2w, fused_mlp=True, ray_chunk=40)
+        auto_path = G.mlp_path("auto")
+        auto = G.synthesis(w, c2w, mlp="auto", ray_chunk=40)          # the CLIs' default picks the kernel here
+        required = G.synthesis(w, c2w, mlp="fused", ray_chunk=40)
+        torch_path = G.synthesis(w, c2w, mlp="torch", ray_chunk=40)
     with torch.autocast("cpu", dtype=torch.float16):   # the default path in fp16, for scale
         with torch.no_grad():
             half = G.synthesis(w, c2w)
     print("RESULTS " + json.dumps({"fused": (fused - ref).abs().max().item(),
-                                   "half": (half.float() - ref).abs().max().item()}))
+                                   "half": (half.float() - ref).abs().max().item(),
+                                   "auto_path": auto_path, "grad_path": G.mlp_path("auto"),
+                                   "auto_is_fused": torch.equal(auto, fused),
+                                   "required_is_fused": torch.equal(required, fused),
+                                   "torch_vs_ref": (torch_path - ref).abs().max().item()}))
 """)
 
 
@@ -330,3 +338,81 @@ def test_generator_fused_mlp_flag_on_cpu_is_the_default_path():
 def test_generator_renders_through_the_fused_mlp_under_the_interpreter(tmp_path):
     res = _run_interpreted(tmp_path, "run_fused_generator.py", _G_SCRIPT)
     assert 0 < res["fused"] < 0.05, res          # fp16 matmuls: close to fp32, but not the fp32 path itself
+    # mlp='auto' (generate.py / calc_metrics.py's default) picks the kernel where it can run, and only without grad.
+    assert res["auto_path"] == "fused" and res["grad_path"] == "torch", res
+    assert res["auto_is_fused"] and res["required_is_fused"], res
+    assert res["torch_vs_ref"] < 1e-6, res       # mlp='torch' stays the PyTorch path (only the chunking differs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Choosing the MLP path (Generator.mlp_path, resolve_mlp): runs everywhere, no triton needed.
+
+def _small_generator(**kw):
+    from training.networks.generator import Generator
+    torch.manual_seed(0)
+    return Generator(**{**dict(width=16, num_layers=2, img_resolution=8, num_samples=6), **kw})
+
+
+def test_mlp_mode_names_are_checked():
+    from dnnlib.util import UserError
+    from training.networks.generator import MLP_MODES, check_mlp_mode
+    assert MLP_MODES == ("auto", "fused", "torch")
+    assert check_mlp_mode("Auto") == "auto" and check_mlp_mode(" torch ") == "torch"
+    for bad in ("fast", "", None, True):
+        with pytest.raises(UserError, match="use one of auto, fused, torch"):
+            check_mlp_mode(bad)
+    G = _small_generator()
+    w, c2w = G.mapping(torch.randn(1, G.z_dim)), G.sample_poses(1, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), pytest.raises(UserError, match="use one of"):
+        G.synthesis(w, c2w, mlp="triton")
+    with torch.no_grad(), pytest.raises(UserError, match="contradicts"):
+        G.synthesis(w, c2w, fused_mlp=True, mlp="torch")
+
+
+def test_mlp_auto_on_cpu_is_the_torch_path(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    G = _small_generator()
+    w, c2w = G.mapping(torch.randn(2, G.z_dim)), G.sample_poses(2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert G.mlp_path("auto") == "torch" and G.mlp_path("torch") == "torch"
+        ref = G.synthesis(w, c2w, mlp="torch")
+        assert torch.equal(G.synthesis(w, c2w, mlp="auto"), ref)
+        assert torch.equal(G.synthesis(w, c2w), ref)                  # the library default: the PyTorch path
+    img = G.synthesis(w, c2w, mlp="auto")                  # grad mode: the PyTorch path, differentiable
+    img.sum().backward()
+    assert G.nerf.layers[0].weight.grad is not None
+
+
+def test_mlp_fused_where_it_cannot_run_is_a_clear_error(monkeypatch):
+    from dnnlib.util import UserError
+    from training.networks.generator import resolve_mlp
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    G = _small_generator()
+    w, c2w = G.mapping(torch.randn(1, G.z_dim)), G.sample_poses(1, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with pytest.raises(UserError, match=r"--mlp fused\) cannot run here: it needs a CUDA GPU .*sm_80.*on cpu.*"
+                                            r"--mlp auto .* or --mlp torch"):
+            G.synthesis(w, c2w, mlp="fused")
+        assert "CUDA GPU" in G.fused_mlp_blocker("cpu")
+    with pytest.raises(UserError, match="autograd is on"):             # the kernel is forward-only
+        G.mlp_path("fused", "cpu")
+    assert G.fused_mlp_blocker("cpu", grad_enabled=True).startswith("autograd")
+    # An MLP shape the kernel does not cover (width 24: not a power of two) names the shape, whatever the device.
+    odd = _small_generator(width=24)
+    assert "outside the kernel's shapes" in odd.fused_mlp_blocker("cpu", grad_enabled=False)
+    assert odd.mlp_path("auto", "cpu", grad_enabled=False) == "torch"
+    # Generator-like modules without the fused path (the metrics' test stand-ins): auto -> torch, fused -> error.
+    stand_in = torch.nn.Linear(2, 2)
+    assert resolve_mlp(stand_in, "auto", "cpu") == "torch" and resolve_mlp(stand_in, "torch", "cpu") == "torch"
+    with pytest.raises(UserError, match="Linear has no fused MLP path"):
+        resolve_mlp(stand_in, "fused", "cpu")
+
+
+@pytest.mark.skipif(HAS_TRITON, reason="checks the message of an install without triton")
+def test_mlp_fused_under_the_interpreter_without_triton(monkeypatch):
+    from dnnlib.util import UserError
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    G = _small_generator()
+    assert "triton is not installed" in G.fused_mlp_blocker("cpu", grad_enabled=False)
+    with pytest.raises(UserError, match="triton is not installed"):
+        G.mlp_path("fused", "cpu", grad_enabled=False)

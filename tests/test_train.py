@@ -134,8 +134,9 @@ def test_resume_path_starts_new_run_dir(tiny_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_data", "unknown_preset", "unknown_key", "patch_gt_res", "corrupt_data",
-                                  "resume_nothing"])
-def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, capsys):
+                                  "resume_nothing", "metrics_mlp_fused"])
+def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     corrupt = tmp_path / "corrupt.zip"
     with zipfile.ZipFile(corrupt, "w") as zf:
         zf.writestr("img0.png", b"this is not a png")
@@ -146,6 +147,9 @@ def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, cap
         "patch_gt_res": ["--cfg", "smoke", "--data", tiny_data, "--set", "patch_size=64"],
         "corrupt_data": ["--cfg", "smoke", "--data", str(corrupt)],
         "resume_nothing": ["--cfg", "smoke", "--data", tiny_data, "--resume", "auto"],
+        # The fused MLP for the snapshot metrics on a CPU: refused before any run directory exists.
+        "metrics_mlp_fused": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "fid1k_full", "--set",
+                              "metrics_mlp=fused"],
     }[case]
     outdir = tmp_path / "runs"
     code, out, err = cli(["--outdir", str(outdir), *args, "--kimg", "0.004"], capsys)
@@ -238,3 +242,17 @@ def test_divergence_warning_signs():
     assert "loss scale fell to 0.84" in msg and "R1 penalty is 8230" in msg and "d_lr=0.001" in msg
     assert "R1 penalty is nan" in divergence_warning({"Loss/r1_penalty": stat(float("nan"))})
 
+
+
+def test_metrics_mlp_check_is_auto_by_default_and_leaves_the_rng_alone(monkeypatch):
+    from dnnlib.util import UserError
+    from training.config import resolve_config
+    from training.training_loop import check_metrics_mlp
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cfg = resolve_config("smoke")
+    assert cfg.metrics_mlp == "auto"
+    rng = torch.get_rng_state()
+    assert check_metrics_mlp(cfg, torch.device("cpu")) == "torch"        # auto on a CPU: the PyTorch path
+    assert torch.equal(torch.get_rng_state(), rng)                        # the throwaway G did not draw
+    with pytest.raises(UserError, match=r"\(--set metrics_mlp=fused\) cannot run here.*--set metrics_mlp=auto"):
+        check_metrics_mlp(resolve_config("smoke", ["metrics_mlp=fused"]), torch.device("cpu"))

@@ -102,6 +102,7 @@ class TrainConfig:
     grid_seed: int = 0
     ray_chunk: int = 65536               # rays per chunk for full-resolution renders
     metrics: list = field(default_factory=list)
+    metrics_mlp: str = "auto"            # NeRF MLP of the metric renders: auto (fused kernel on sm_80+) | fused | torch
 
     def __post_init__(self) -> None:
         if self.p is None:
@@ -115,6 +116,9 @@ class TrainConfig:
                 raise UserError(msg)
         need(self.precision in PRECISIONS, f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}.")
         need(self.aug in AUG_MODES, f"aug '{self.aug}' is not one of {', '.join(AUG_MODES)}.")
+        from training.networks.generator import MLP_MODES
+        need(self.metrics_mlp in MLP_MODES, f"metrics_mlp '{self.metrics_mlp}' is not one of {', '.join(MLP_MODES)} "
+             f"(auto = the fused Triton MLP where it can run, else PyTorch; torch = always the PyTorch path).")
         for name in ("batch", "gpus", "patch_size", "num_samples", "num_layers", "width", "synth_resolution",
                      "synth_count", "d_reg_interval", "g_reg_interval", "ada_interval", "grid_w", "grid_h",
                      "ray_chunk", "mbstd_group", "max_bad_steps", "z_dim", "w_dim", "rank"):

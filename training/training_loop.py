@@ -203,6 +203,17 @@ def save_checkpoints(run: EasyDict, snapshot: bool = True) -> None:
     state_io.save_training_state(run.run_dir / f"training-state-{name}.pt", state)
 
 
+def check_metrics_mlp(cfg: TrainConfig, device: torch.device, G: torch.nn.Module | None = None) -> str:
+    """The NeRF MLP path ('fused' / 'torch') of the snapshot metrics' renders for cfg.metrics_mlp, or a UserError
+    where metrics_mlp=fused cannot run. G: the run's G_ema (default: a throwaway one built from cfg on the CPU, since
+    the kernel's support depends only on the MLP's shape and on `device`)."""
+    from training.networks.generator import Generator, resolve_mlp
+    if G is None:
+        with torch.random.fork_rng(devices=[]):       # its weight init must not move the global RNG
+            G = Generator(**cfg.G_kwargs(cfg.synth_spec_resolution() or cfg.synth_resolution))
+    return resolve_mlp(G, cfg.metrics_mlp, device, grad_enabled=False, option="--set metrics_mlp={}")
+
+
 def run_metrics(run: EasyDict) -> dict:
     """Evaluate cfg.metrics on G_ema for the snapshot just written (rank 0)."""
     from metrics.metric_main import evaluate_snapshot_metrics
@@ -211,7 +222,8 @@ def run_metrics(run: EasyDict) -> dict:
         run.metric_dataset = ImageDataset(run.training_set_kwargs["path"], xflip=False)
     name = f"network-snapshot-{state_io.snapshot_name(run.cur_nimg)}.pkl"
     results = evaluate_snapshot_metrics(run.cfg.metrics, run.G_ema, run.metric_dataset, run.device, run.run_dir, name,
-                                        kimg=run.cur_nimg / 1000, seed=run.cfg.seed, ray_chunk=run.cfg.ray_chunk)
+                                        kimg=run.cur_nimg / 1000, seed=run.cfg.seed, ray_chunk=run.cfg.ray_chunk,
+                                        mlp=run.cfg.metrics_mlp)
     out = {}
     for metric, record in results.items():
         for key, value in record.get("results", {}).items():
@@ -387,6 +399,10 @@ def training_loop(cfg: TrainConfig, run_dir: str | os.PathLike, device: torch.de
                   f"({len(run.dataset)} items), {world} process(es), precision {run.step.precision}, "
                   f"{run.step_path}, starting at "
                   f"kimg {run.cur_nimg / 1000:.3f}.", flush=True)
+            if cfg.metrics:      # metrics_mlp=fused fails now (UserError) rather than at the first snapshot
+                mlp = check_metrics_mlp(cfg, device, run.G_ema)
+                print(f"Metrics render with the {'fused Triton' if mlp == 'fused' else 'PyTorch'} NeRF MLP "
+                      f"(metrics_mlp={cfg.metrics_mlp}).", flush=True)
         old_handlers = _install_signal_handlers(run)
         try:
             train(run)
