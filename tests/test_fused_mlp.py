@@ -416,3 +416,45 @@ def test_mlp_fused_under_the_interpreter_without_triton(monkeypatch):
     assert "triton is not installed" in G.fused_mlp_blocker("cpu", grad_enabled=False)
     with pytest.raises(UserError, match="triton is not installed"):
         G.mlp_path("fused", "cpu", grad_enabled=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# available(): the self-check runs in a child process, so a faulting kernel cannot take the caller's CUDA context.
+
+_MARK = fm._CHILD_MARK
+
+
+@pytest.mark.parametrize("code, ok, why", [
+    (f"print('{_MARK} ok')", True, ""),
+    (f"print('{_MARK} mismatch')", False, "differs from the reference"),
+    # what a kernel fault looks like from outside: an error on stderr, a non-zero exit, no result line
+    ("import sys; sys.stderr.write('RuntimeError: an illegal memory access was encountered\\n'); sys.exit(1)",
+     False, "exit status 1): RuntimeError: an illegal memory access"),
+    ("import os; os.abort()", False, "exit status -6"),
+    # the child imports this repository's torch_utils whatever the caller's working directory
+    ("from torch_utils.ops import fused_mlp; print(fused_mlp._CHILD_MARK, 'ok')", True, ""),
+])
+def test_isolated_self_check_reports_the_child_outcome(code, ok, why, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    got_ok, got_why = fm._self_check_isolated(torch.device("cuda", 0), torch.float16, code=code)
+    assert got_ok is ok and why in got_why
+
+
+def test_available_falls_back_when_the_isolated_check_fails(monkeypatch):
+    calls = []
+
+    def fake_check(device, dtype):
+        calls.append((device, dtype))
+        return False, "the self-check process failed (exit status 1): illegal memory access"
+    monkeypatch.setattr(fm, "triton", object())                 # as if triton were installed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(fm, "_self_check_isolated", fake_check)
+    monkeypatch.setattr(fm, "_AVAILABLE", {})
+    with pytest.warns(UserWarning, match="illegal memory access; using the PyTorch path"):
+        assert fm.available(torch.device("cuda", 0)) is False
+    assert fm.available(torch.device("cuda", 0)) is False         # cached: one child per device and dtype
+    assert calls == [(torch.device("cuda", 0), torch.float16)]
+    monkeypatch.setattr(fm, "_AVAILABLE", {})
+    monkeypatch.setattr(fm, "_self_check_isolated", lambda device, dtype: (True, ""))
+    assert fm.available(torch.device("cuda", 0)) is True

@@ -48,7 +48,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -539,11 +542,44 @@ def _self_check(device: torch.device, dtype: torch.dtype) -> bool:
     return True
 
 
+# The self-check runs in a child process: a kernel that faults (an illegal memory access, as one H200 showed under
+# NVIDIA MPS in session 5) leaves the CUDA context of its process unusable, so a check in the caller's process could
+# not fall back to the PyTorch path. The child prints one line that starts with this marker.
+_CHILD_MARK = "FUSED_MLP_SELF_CHECK"
+_CHILD_CODE = (
+    "import sys, torch\n"
+    "from torch_utils.ops import fused_mlp as fm\n"
+    "dev, dt = torch.device('cuda', int(sys.argv[1])), getattr(torch, sys.argv[2])\n"
+    "ok = fm._self_check(dev, dt)\n"
+    "torch.cuda.synchronize(dev)\n"
+    f"print('{_CHILD_MARK}', 'ok' if ok else 'mismatch', flush=True)\n")
+SELF_CHECK_TIMEOUT_S = 900   # first compilation of both configurations; seconds on sm_80 / sm_90
+
+
+def _self_check_isolated(device: torch.device, dtype: torch.dtype, code: str = _CHILD_CODE) -> tuple[bool, str]:
+    """`_self_check` in a fresh Python process on the same GPU: (passed, reason when not). Never raises."""
+    root = str(Path(__file__).resolve().parents[2])   # the repository root: torch_utils is importable from there
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    argv = [sys.executable, "-c", code, str(device.index or 0), str(dtype).removeprefix("torch.")]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root, timeout=SELF_CHECK_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"the self-check process did not finish ({type(exc).__name__}: {exc})"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_CHILD_MARK)]
+    if proc.returncode == 0 and lines and lines[-1].split()[-1] == "ok":
+        return True, ""
+    if proc.returncode == 0 and lines:
+        return False, "its result differs from the reference"
+    tail = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()][-1:] or ["no output"]
+    return False, f"the self-check process failed (exit status {proc.returncode}): {tail[0][:300]}"
+
+
 def available(device, dtype: torch.dtype = torch.float16) -> bool:
     """True when the fused kernel should be used on `device` in `dtype`: a CUDA device of compute capability >= 8.0
     (on a T4, sm_75, Triton 3.5 has no tensor-core dots, so the cuBLAS-based PyTorch path is expected to be faster),
     triton importable, and a tiny self-check against `reference_evaluate` passed (compiled and run once per device
-    and dtype, then cached; call it outside CUDA-graph capture). Never raises; a failed check warns with the reason.
+    and dtype in a child process, so that a faulting kernel cannot break this process's CUDA context; the answer is
+    cached for the process; call it outside CUDA-graph capture). Never raises; a failed check warns with the reason.
     Other configurations (depth, skip) compile on their first `fused_evaluate` call."""
     try:
         device = torch.device(device)
@@ -559,9 +595,9 @@ def available(device, dtype: torch.dtype = torch.float16) -> bool:
                     # compilation (measured ahead of time for sm_75; not timed on a T4): keep the PyTorch path.
                     _AVAILABLE[key] = False
                     return False
-                ok = _self_check(device, dtype)
+                ok, why = _self_check_isolated(device, dtype)
                 if not ok:
-                    warnings.warn(f"fused MLP self-check failed on {device} ({dtype}); using the PyTorch path")
+                    warnings.warn(f"fused MLP self-check on {device} ({dtype}): {why}; using the PyTorch path")
             except Exception as exc:  # compile errors, launch errors, ...
                 warnings.warn(f"fused MLP unavailable on {device} ({dtype}): {type(exc).__name__}: {exc}")
                 ok = False
