@@ -508,9 +508,12 @@ def copy_figures(outdir: Path, dest_dir: Path, families: list[str]) -> dict[str,
     return out
 
 
-def _figure_section(plot: str | None, figures: dict[str, dict[str, str]], study: dict) -> list[str]:
+def _figure_section(plot: str | None, figures: dict[str, dict[str, str]], study: dict,
+                    plot_above: bool = False) -> list[str]:
+    """plot_above: a later study of a combined report, whose runs are in the first study's plot."""
     lines = ["## Figures", ""]
-    lines += [f"![FID-1k vs kimg, one line per run]({plot})" if plot else
+    lines += ["FID-1k vs kimg: this study's runs are in the plot of Study 1 (one plot for every study)." if plot_above
+              else f"![FID-1k vs kimg, one line per run]({plot})" if plot else
               "FID-1k vs kimg: no plot yet (no run has FID-1k records).", ""]
     for fam in study["families"]:
         figs = figures.get(fam, {})
@@ -539,47 +542,101 @@ def _discussion_section(outdir: Path) -> list[str]:
             path.read_text(encoding="utf-8").strip(), ""]
 
 
+def _drop_measured_elsewhere(study: dict, results: list[RunResult], measured: set[str]) -> tuple[dict, list]:
+    """The first study's plan without the runs it has no records of but a later study measured (full_plan lists
+    them as 'not run' otherwise); its ablation and seed lists shrink to what is left."""
+    kept = [r for r in results if r.status != "not run" or r.run.name not in measured]
+    study = dict(study)
+    study["ablations"] = [a for a in study["ablations"] if any(
+        r.run.variant == a and r.run.family == study["ablation_family"] for r in kept)]
+    study["seeds"] = [s for s in study["seeds"] if s == study["seeds"][0] or any(
+        r.run.seed == s and r.run.family == study["spread_family"] for r in kept)]
+    return study, kept
+
+
+def _series_label(name: str, study: dict, several: bool) -> str:
+    """A plot label; with several studies, a run of a study trained with --set carries its KEY=VALUEs."""
+    sets = study.get("train_set") or []
+    return f"{name} {' '.join(sets)}" if several and sets else name
+
+
+def _study_sections(outdir: Path, study: dict, results: list[RunResult], figures: dict, plot: str | None,
+                    cpu: dict | None, index: int | None, full_plan: bool, plot_above: bool = False) -> list[str]:
+    """One study's part of the report; index = its number when the report combines several (None: only one)."""
+    head = _header(study, results, outdir, full_plan)
+    if index is not None:   # the shared title comes first; this study gets its own heading
+        head = [f"# Study {index}: `{outdir.as_posix()}`", ""] + head[2:]
+    return (head + _summary_section(results, study, outdir) + _discussion_section(outdir)
+            + _ablation_section(results, study) + _spread_section(results, study)
+            + _floor_section(read_floors(outdir), cpu)
+            + _figure_section(plot, figures, study, plot_above)
+            + _commands_section(outdir))
+
+
 def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | None = None,
-                 full_plan: bool = False) -> Path:
+                 full_plan: bool = False, also: list[str | Path] | tuple = ()) -> Path:
     """Write the report `out` (markdown) and `<out dir>/results_fid.png` from the study under `outdir`.
 
     full_plan: list every run of the full study (issue 8: four families, four ablations, two seeds) even where this
     study directory was only asked for part of it, so that the missing runs show as 'not run'.
+    also: further study directories (e.g. one trained with other --set options) reported after the first, each
+    with its own tables; the plot has every run. With full_plan, a run a later study measured is not 'not run'.
     """
-    outdir, out = Path(outdir), Path(out)
-    study = load_study(outdir)
+    outdirs, out = [Path(outdir), *map(Path, also)], Path(out)
+    if len({d.resolve() for d in outdirs}) != len(outdirs):
+        raise UserError("The same study directory is named twice; pass each --outdir once.")
+    studies = [load_study(d) for d in outdirs]
     if full_plan:
         for key in ("families", "ablations", "seeds"):
-            study[key] = list(dict.fromkeys(list(study[key]) + list(DEFAULT_STUDY[key])))
-    results = [collect_run(outdir, r, study) for r in study_plan(study)]
-    series = fid_series(results)
+            studies[0][key] = list(dict.fromkeys(list(studies[0][key]) + list(DEFAULT_STUDY[key])))
+    per = [[collect_run(d, r, st) for r in study_plan(st)] for d, st in zip(outdirs, studies)]
+    several = len(outdirs) > 1
+    if several:
+        measured = {r.run.name for res in per[1:] for r in res if r.status != "not run"}
+        studies[0], per[0] = _drop_measured_elsewhere(studies[0], per[0], measured)
+    series = [(_series_label(name, st, several), pts) for st, res in zip(studies, per) for name, pts in fid_series(res)]
     plot = None
     if series:
-        plot_fid(series, out.parent / "results_fid.png", title=f"FID-1k vs kimg ({outdir.name})")
+        title = f"FID-1k vs kimg ({', '.join(d.name for d in outdirs)})"
+        plot_fid(series, out.parent / "results_fid.png", title=title)
         plot = "results_fid.png"
     cpu = _read_json(Path(cpu_floors)) if cpu_floors else None
     if cpu_floors and cpu is None:
         raise UserError(f"--cpu-floors '{cpu_floors}' is missing or not valid JSON; pass an existing file or drop it.")
-    figures = copy_figures(outdir, out.parent / "results", study["families"])
-    lines = (_header(study, results, outdir, full_plan) + _summary_section(results, study, outdir)
-             + _discussion_section(outdir) + _ablation_section(results, study) + _spread_section(results, study)
-             + _floor_section(read_floors(outdir), cpu) + _figure_section(plot, figures, study)
-             + _commands_section(outdir))
+    lines = []
+    if several:
+        cmd = " ".join(f"--outdir {d.as_posix()}" for d in outdirs) + (" --full-plan" if full_plan else "")
+        lines += ["# Results: the seed's reproduction study", "",
+                  f"Generated by `python scripts/reproduce.py report {cmd}`. It combines {len(outdirs)} study "
+                  "directories, each with its own tables below (a study directory holds one set of training "
+                  "options):", ""]
+        lines += [f"{i}. `{d.as_posix()}`: families {', '.join(st['families'])}"
+                  + (f", ablations {', '.join(st['ablations'])}" if st["ablations"] else "")
+                  + (f", trained with `{' '.join('--set ' + kv for kv in st['train_set'])}`"
+                     if st.get("train_set") else ", the presets' own options")
+                  for i, (d, st) in enumerate(zip(outdirs, studies), 1)] + [""]
+    for i, (d, st, res) in enumerate(zip(outdirs, studies, per)):
+        fig_dir = out.parent / ("results" if i == 0 else f"results-{d.name}")
+        figures = copy_figures(d, fig_dir, st["families"])
+        lines += _study_sections(d, st, res, figures, plot if i == 0 else None, cpu if i == 0 else None,
+                                 i + 1 if several else None, full_plan and i == 0, plot_above=i > 0 and bool(plot))
     util.atomic_write_text(out, "\n".join(lines).rstrip() + "\n")
     return out
 
 
 @click.command()
-@click.option("--outdir", required=True, help="The study directory (what `reproduce.py run --outdir` was given).")
+@click.option("--outdir", "outdirs", required=True, multiple=True,
+              help="The study directory (what `reproduce.py run --outdir` was given); repeat it to combine studies "
+                   "(the first one leads; each gets its own tables).")
 @click.option("--out", default="docs/RESULTS.md", show_default=True, help="Markdown report to write.")
 @click.option("--cpu-floors", default=None, help="JSON of CPU-measured noise floors to include "
               "[default: docs/noise_floors.json when it exists].")
 @click.option("--full-plan", is_flag=True, help="List every run of the full study (missing ones as 'not run').")
-def cli(outdir: str, out: str, cpu_floors: str | None, full_plan: bool) -> None:
+def cli(outdirs: tuple[str, ...], out: str, cpu_floors: str | None, full_plan: bool) -> None:
     """Build RESULTS.md and results_fid.png from the study's run directories."""
     if cpu_floors is None and Path("docs/noise_floors.json").is_file():
         cpu_floors = "docs/noise_floors.json"
-    path = build_report(outdir, out, cpu_floors, full_plan=full_plan)
+    path = build_report(outdirs[0], out, cpu_floors, full_plan=full_plan, also=outdirs[1:])
     click.echo(f"Wrote {path}" + (f" and {path.parent / 'results_fid.png'}"
                                   if (path.parent / "results_fid.png").is_file() else ""))
 

@@ -350,3 +350,29 @@ def test_metric_jobs_bound_the_metrics_steps_at_once():
     one = reproduce._metrics_slot({})                                       # default: one at a time
     assert one.acquire(blocking=False) and not one.acquire(blocking=False)
     one.release()
+
+
+def test_report_combines_studies_and_lists_nothing_twice(tmp_path):
+    first = _study(tmp_path)                                      # cars baseline s0 done, ns8 done, noaug not run
+    second = tmp_path / "second"
+    (second / "figures").mkdir(parents=True)
+    (second / "study.json").write_text(json.dumps(dict(families=["cars"], ablations=["noaug"], seeds=[0],
+                                                       train_set=["d_lr=0.001"])))
+    _records(second / "runs" / "cars-baseline-s0" / "train" / "00000-c", {200.0: (40.0, 0.5, 0.3)})
+    _records(second / "runs" / "cars-noaug-s0" / "train" / "00000-d", {200.0: (45.0, 0.5, 0.1)})
+    PIL.Image.new("RGB", (8, 8)).save(second / "figures" / "cars_sheet.png")
+    md = results.build_report(first, tmp_path / "docs" / "R.md", full_plan=True, also=[second]).read_text()
+    assert "--outdir " + first.as_posix() + " --outdir " + second.as_posix() + " --full-plan" in md
+    study1, study2 = md.split("# Study 2: ")
+    assert "# Study 1: " in study1 and "trained with `--set d_lr=0.001`" in study1
+    assert "| noaug |" not in study1                              # measured by study 2: not 'not run' in study 1
+    assert _row(study1, "carla-baseline-s0")[2] == "not run"      # measured nowhere: still listed
+    assert _row(study1, "cars-baseline-s0")[3] == "50.00" and _row(study2, "cars-baseline-s0")[3] == "40.00"
+    assert _row(study2, "noaug")[2:5] == ["45.00", "+5.00", "+12.5"]
+    assert "with `--set d_lr=0.001`" in study2 and "in the plot of Study 1" in study2
+    assert "![cars sheet](results-second/cars_sheet.png)" in study2
+    assert (tmp_path / "docs" / "results-second" / "cars_sheet.png").is_file()
+    assert results._series_label("cars-baseline-s0", {"train_set": ["d_lr=0.001"]}, True) == \
+        "cars-baseline-s0 d_lr=0.001"
+    with pytest.raises(UserError, match="twice"):
+        results.build_report(first, tmp_path / "R2.md", also=[first])
