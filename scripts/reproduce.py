@@ -3,6 +3,7 @@
   python scripts/reproduce.py run --outdir runs/study            # the whole study (GPU; idempotent, resumable)
   python scripts/reproduce.py run --outdir runs/smoke --smoke --families cars --ablations ns8 --detector D.pt
   python scripts/reproduce.py report --outdir runs/study         # docs/RESULTS.md + docs/results_fid.png
+  python scripts/reproduce.py report --outdir docs/study --outdir docs/study-cars --full-plan   # several studies
   python scripts/reproduce.py split --source set.zip --dest-a a.zip --dest-b b.zip --count-a 2000
 
 What `run` does, each step printed and appended to `<outdir>/commands.txt` before it runs (as a subprocess of this
