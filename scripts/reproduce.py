@@ -14,8 +14,9 @@ Python interpreter, from the repository root):
    reference's tick-0 snapshot is likewise taken after its first minibatch) and `runs/<name>/train` trains the full
    length with one tick = --snap-kimg, a snapshot + metrics every tick (50, 100, 150, 200 kimg);
    metrics are fid1k_full and pr1k3_full against every real image, no x-flips (train.py's own protocol).
-   With --detector, train.py cannot take the detector, so it trains with `--metrics none` and
-   `calc_metrics.py --network RUN_DIR --detector ...` evaluates every snapshot afterwards;
+   With --detector, it trains with `--metrics none` and `calc_metrics.py --network RUN_DIR --detector ...`
+   evaluates every snapshot afterwards (--metric-jobs of them at once), or, with --metrics-in-training, train.py
+   evaluates each snapshot as it is written (`--set metrics_detector=...`);
 3. noise floors: `split` cuts each training set into two disjoint halves (seeded permutation of its images) and
    `calc_metrics.py --data HALF_A --compare HALF_B` measures FID-1k/PR between them (all of A vs 1k images of B);
 4. per family, `generate.py images --pose 30,30 --sheet` (contact sheet) and `generate.py interp` (strip + video)
@@ -231,8 +232,12 @@ def _train_stage(rec: Recorder, opts: dict, run: results.PlannedRun, stage: str,
     label = f"{run.name} {stage}"
     from training.state import latest_state
     run_dir = results.find_run_dir(stage_root)
-    in_training = opts["detector"] is None
+    # Metrics at each snapshot inside train.py: always with the installed detector; with --detector only when asked
+    # (--metrics-in-training: no calc_metrics process afterwards, every run's metrics while it trains).
+    in_training = opts["detector"] is None or opts.get("metrics_in_training", False)
     study_sets = [a for kv in opts.get("train_set", []) for a in ("--set", kv)]
+    if in_training and opts["detector"] is not None:
+        study_sets += ["--set", f"metrics_detector={opts['detector']}"]
     argv = [_script("train.py"), "--cfg", run.cfg, "--data", opts["data"][run.family], "--seed", str(run.seed),
             "--kimg", f"{kimg:g}", "--metrics", ",".join(results.METRICS) if in_training else "none", *study_sets,
             *extra]
@@ -464,10 +469,13 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
               help="Training runs side by side (each with its metrics); on one GPU use NVIDIA MPS (see README).")
 @click.option("--metric-jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Metrics steps (calc_metrics.py) of --jobs runs at once; each can take several GB of GPU memory.")
+@click.option("--metrics-in-training", is_flag=True,
+              help="With --detector: train.py evaluates each snapshot as it is written (--set metrics_detector=...) "
+                   "instead of calc_metrics.py after the run; all --jobs runs may then evaluate at once.")
 def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,
         kimg: float | None, snap_kimg: float | None, count: int | None, resolution: int | None,
         detector: str | None, smoke: bool, report: str | None, train_set: tuple[str, ...], jobs: int,
-        metric_jobs: int) -> None:
+        metric_jobs: int, metrics_in_training: bool) -> None:
     """Run (or continue) the whole study, then write the report. Finished steps are skipped."""
     defaults = SMOKE if smoke else dict(kimg=200.0, snap_kimg=50.0, count=10000, resolution=128)
     given = dict(kimg=kimg, snap_kimg=snap_kimg, count=count, resolution=resolution)
@@ -477,7 +485,7 @@ def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds:
     for kv in train_set:   # validate now: a typo must not surface as nine failed training runs
         resolve_config("t4", sets=[kv])
     opts |= dict(outdir=outdir, families=_names(families, fams, "family"), smoke=smoke, jobs=jobs,
-                 metric_jobs=metric_jobs, train_set=list(train_set),
+                 metric_jobs=metric_jobs, metrics_in_training=metrics_in_training, train_set=list(train_set),
                  ablations=_names(ablations, results.ABLATIONS, "ablation"),
                  ablation_family=_names(ablation_family, fams, "family")[0], seeds=util.parse_int_list(seeds),
                  spread_family=_names(spread_family, fams, "family")[0],

@@ -376,3 +376,23 @@ def test_report_combines_studies_and_lists_nothing_twice(tmp_path):
         "cars-baseline-s0 d_lr=0.001"
     with pytest.raises(UserError, match="twice"):
         results.build_report(first, tmp_path / "R2.md", also=[first])
+
+
+def test_metrics_in_training_hands_the_detector_to_train_py(tmp_path, monkeypatch):
+    """--metrics-in-training: train.py gets the metrics and the detector file; no calc_metrics step is needed."""
+    calls = []
+
+    class Rec:
+        def run(self, argv, label, session=None):
+            calls.append(argv)
+
+        def note(self, text):
+            pass
+    run = results.plan_runs(["cars"], [], [0])[0]
+    base = dict(outdir=str(tmp_path), data={"cars": "cars.zip"}, detector="/d/default_1.pt", train_set=["d_lr=0.001"])
+    for flag, expect in ((False, "none"), (True, ",".join(results.METRICS))):
+        calls.clear()
+        reproduce._train_stage(Rec(), dict(base, metrics_in_training=flag), run, "train", 200.0, [])
+        argv = calls[0]
+        assert argv[argv.index("--metrics") + 1] == expect
+        assert ("metrics_detector=/d/default_1.pt" in argv) is flag and "d_lr=0.001" in argv

@@ -134,7 +134,7 @@ def test_resume_path_starts_new_run_dir(tiny_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_data", "unknown_preset", "unknown_key", "patch_gt_res", "corrupt_data",
-                                  "resume_nothing", "metrics_mlp_fused"])
+                                  "resume_nothing", "metrics_mlp_fused", "metrics_detector_missing"])
 def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     corrupt = tmp_path / "corrupt.zip"
@@ -150,6 +150,8 @@ def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, cap
         # The fused MLP for the snapshot metrics on a CPU: refused before any run directory exists.
         "metrics_mlp_fused": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "fid1k_full", "--set",
                               "metrics_mlp=fused"],
+        "metrics_detector_missing": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "fid1k_full", "--set",
+                                     f"metrics_detector={tmp_path / 'no-such-detector.pt'}"],
     }[case]
     outdir = tmp_path / "runs"
     code, out, err = cli(["--outdir", str(outdir), *args, "--kimg", "0.004"], capsys)
@@ -256,3 +258,15 @@ def test_metrics_mlp_check_is_auto_by_default_and_leaves_the_rng_alone(monkeypat
     assert torch.equal(torch.get_rng_state(), rng)                        # the throwaway G did not draw
     with pytest.raises(UserError, match=r"\(--set metrics_mlp=fused\) cannot run here.*--set metrics_mlp=auto"):
         check_metrics_mlp(resolve_config("smoke", ["metrics_mlp=fused"]), torch.device("cpu"))
+
+
+@pytest.mark.slow  # ~25 s on 2 cores: one FID-1k (1,000 smoke renders)
+def test_snapshot_metrics_use_the_metrics_detector_file(tiny_data, tmp_path, capsys, standin_detector):
+    """--set metrics_detector=FILE: the metrics at each snapshot use that TorchScript file (its sha1 is recorded)."""
+    from metrics.detector import file_sha1
+    code, out, err = cli(["--outdir", str(tmp_path), *SMOKE, "--data", tiny_data, "--kimg", "0.004", "--metrics",
+                          "fid1k_full", "--set", f"metrics_detector={standin_detector}"], capsys)
+    assert code == 0, err
+    recs = [json.loads(ln) for ln in (only_run_dir(tmp_path) / "metric-fid1k_full.jsonl").read_text().splitlines()]
+    assert len(recs) == 1 and recs[0]["detector_sha1"] == file_sha1(standin_detector)
+    assert recs[0]["results"]["fid1k_full"] >= 0

@@ -103,6 +103,7 @@ class TrainConfig:
     ray_chunk: int = 65536               # rays per chunk for full-resolution renders
     metrics: list = field(default_factory=list)
     metrics_mlp: str = "auto"            # NeRF MLP of the metric renders: auto (fused kernel on sm_80+) | fused | torch
+    metrics_detector: str = ""           # feature detector file of the snapshot metrics ("" = the official Inception)
 
     def __post_init__(self) -> None:
         if self.p is None:

@@ -223,7 +223,7 @@ def run_metrics(run: EasyDict) -> dict:
     name = f"network-snapshot-{state_io.snapshot_name(run.cur_nimg)}.pkl"
     results = evaluate_snapshot_metrics(run.cfg.metrics, run.G_ema, run.metric_dataset, run.device, run.run_dir, name,
                                         kimg=run.cur_nimg / 1000, seed=run.cfg.seed, ray_chunk=run.cfg.ray_chunk,
-                                        mlp=run.cfg.metrics_mlp)
+                                        mlp=run.cfg.metrics_mlp, detector=run.cfg.metrics_detector or None)
     out = {}
     for metric, record in results.items():
         for key, value in record.get("results", {}).items():
