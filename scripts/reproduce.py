@@ -366,6 +366,13 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
     return study
 
 
+def report_order(outdir: Path, report_with: list[str]) -> list[Path]:
+    """The study directories of the report (--report-with: docs/RESULTS.md holds docs/study and docs/study-cars):
+    this study first, then the others; where it is one of them, their order as given."""
+    others = [Path(d) for d in report_with]
+    return others if any(d.resolve() == Path(outdir).resolve() for d in others) else [Path(outdir), *others]
+
+
 def run_study(opts: dict) -> tuple[Path, list[str]]:
     """Everything `reproduce.py run` does (see the module docstring). Returns (report path, failed steps).
 
@@ -409,7 +416,9 @@ def run_study(opts: dict) -> tuple[Path, list[str]]:
         return Path(opts["report"]), failures
     cpu_json = REPO / "docs" / "noise_floors.json"
     use_cpu = cpu_json.is_file() and not opts["smoke"]
-    report = results.build_report(outdir, opts["report"], cpu_json if use_cpu else None)
+    order = report_order(outdir, opts.get("report_with", []))
+    report = results.build_report(order[0], opts["report"], cpu_json if use_cpu else None,
+                                  full_plan=opts.get("full_plan", False), also=order[1:])
     print(f"\nWrote {report}" + (f"; {len(failures)} step(s) failed" if failures else ""), flush=True)
     return report, failures
 
@@ -463,6 +472,10 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
               "0.02 kimg, snapshots every 0.01 kimg.")
 @click.option("--report", "report", default=None,
               help="Markdown report [default: docs/RESULTS.md; with --smoke <outdir>/RESULTS.md].")
+@click.option("--report-with", "report_with", multiple=True, metavar="DIR",
+              help="Another study directory for the same report (repeatable; as `report --outdir A --outdir B`); "
+                   "--report-with docs/study --report-with docs/study-cars --full-plan keeps docs/RESULTS.md whole.")
+@click.option("--full-plan", is_flag=True, help="The report lists every run of the full study ('not run' rows).")
 @click.option("--set", "train_set", multiple=True, metavar="KEY=VALUE",
               help="Config override passed to every train.py run of the study (repeatable), e.g. d_lr=0.001.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -475,7 +488,7 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
 def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,
         kimg: float | None, snap_kimg: float | None, count: int | None, resolution: int | None,
         detector: str | None, smoke: bool, report: str | None, train_set: tuple[str, ...], jobs: int,
-        metric_jobs: int, metrics_in_training: bool) -> None:
+        metric_jobs: int, metrics_in_training: bool, report_with: tuple[str, ...], full_plan: bool) -> None:
     """Run (or continue) the whole study, then write the report. Finished steps are skipped."""
     defaults = SMOKE if smoke else dict(kimg=200.0, snap_kimg=50.0, count=10000, resolution=128)
     given = dict(kimg=kimg, snap_kimg=snap_kimg, count=count, resolution=resolution)
@@ -486,6 +499,7 @@ def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds:
         resolve_config("t4", sets=[kv])
     opts |= dict(outdir=outdir, families=_names(families, fams, "family"), smoke=smoke, jobs=jobs,
                  metric_jobs=metric_jobs, metrics_in_training=metrics_in_training, train_set=list(train_set),
+                 report_with=list(report_with), full_plan=full_plan,
                  ablations=_names(ablations, results.ABLATIONS, "ablation"),
                  ablation_family=_names(ablation_family, fams, "family")[0], seeds=util.parse_int_list(seeds),
                  spread_family=_names(spread_family, fams, "family")[0],

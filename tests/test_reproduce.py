@@ -396,3 +396,10 @@ def test_metrics_in_training_hands_the_detector_to_train_py(tmp_path, monkeypatc
         argv = calls[0]
         assert argv[argv.index("--metrics") + 1] == expect
         assert ("metrics_detector=/d/default_1.pt" in argv) is flag and "d_lr=0.001" in argv
+
+
+def test_report_order_keeps_the_combined_report_whole(tmp_path):
+    a, b = tmp_path / "study", tmp_path / "study-cars"
+    assert reproduce.report_order(a, []) == [a]
+    assert reproduce.report_order(b, [str(a)]) == [b, a]
+    assert reproduce.report_order(b, [str(a), str(b)]) == [a, b]           # one of them: the order as given
