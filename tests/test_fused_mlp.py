@@ -2,8 +2,8 @@
 
 Without a GPU: the PyTorch reference and the weight packing are checked everywhere; the Triton kernel itself runs
 under Triton's CPU interpreter (TRITON_INTERPRET=1, in a subprocess so the setting cannot leak into other tests)
-when triton is installed (`make install` adds it next to the CPU torch, so CI runs it), and is skipped otherwise. The compiled GPU kernel is exercised by
-bench/micro_fused_mlp.py and by `available()`'s self-check on a CUDA machine.
+when triton is installed (`make install` adds it next to the CPU torch, so CI runs it), and is skipped otherwise.
+The compiled GPU kernel is exercised by bench/micro_fused_mlp.py and by `available()`'s self-check on a CUDA machine.
 """
 from __future__ import annotations
 
