@@ -32,11 +32,23 @@ def test_per_object_linear_backward_matches_autograd_baddbmm():
         wt = torch.randn(3, c_in, c_out, dtype=torch.float64, requires_grad=True)
         b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
         g = torch.randn(3, 50, c_out, dtype=torch.float64)
-        ours = torch.autograd.grad(HyperLinear.apply_weights(x, wt, b), (x, wt, b), g)
-        ref = torch.autograd.grad(torch.baddbmm(b.view(1, 1, -1), x, wt), (x, wt, b), g)
+        y, y_ref = HyperLinear.apply_weights(x, wt, b), torch.baddbmm(b.view(1, 1, -1), x, wt)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)                 # bmm + bias == baddbmm
+        ours = torch.autograd.grad(y, (x, wt, b), g)
+        ref = torch.autograd.grad(y_ref, (x, wt, b), g)
         for a, r in zip(ours, ref):
             assert a.shape == r.shape
             torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_per_object_linear_in_16_bit_stays_within_one_rounding_of_baddbmm():
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(2, 64, 128), torch.randn(2, 128, 128) / 128 ** 0.5, torch.randn(128)
+    want = torch.baddbmm(b.view(1, 1, -1), x, wt)                                           # fp32
+    out = HyperLinear.apply_weights(x.bfloat16(), wt.bfloat16(), b.bfloat16())
+    got = out.float()
+    assert out.dtype == torch.bfloat16 and (got - want).abs().max() < 0.05               # bf16 step near |y| ~ 3
+    torch.testing.assert_close(got, want, rtol=0.02, atol=0.02)
 
 
 def test_gemm_conv_equals_cudnn_style_conv_and_is_twice_differentiable():

@@ -81,8 +81,13 @@ class HyperLinear(nn.Module):
 
 
 class _PerObjectLinear(torch.autograd.Function):
-    """y = baddbmm(bias, x, W^T) with a backward tuned for tensor cores.
+    """y = bmm(x, W^T) + bias with a backward tuned for tensor cores.
 
+    * Forward: a plain bmm and a separate bias add, not baddbmm(bias, x, W^T): baddbmm first materialises the bias
+      broadcast to [B, N, c_out] (an aten::copy_ per layer, 16 of them = 3.4 ms of the standard step in the H200
+      profile, docs/bench/profile-h200-2026-12-01.txt) and reads it back inside the GEMM; under torch.compile the add
+      fuses into the relu that follows. In 16-bit the product is rounded once before the add (one more rounding
+      than baddbmm's epilogue); in fp32 the two agree to float rounding.
     * The shared bias gradient is a GEMM with a row of ones: autograd's reduction of grad [B, N, c_out] over (B, N)
       measured 5x slower on an H100 (0.12 vs 0.024 ms at B=4, N=32768, c_out=128).
     * The weight gradient x^T @ grad pads c_in and c_out to multiples of 8 (63-wide encodings, 4-wide outputs):
@@ -94,7 +99,7 @@ class _PerObjectLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight_t)
         ctx.bias_dtype = bias.dtype
-        return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)                          # [B, N, c_out]
+        return torch.bmm(x, weight_t).add_(bias)                                            # [B, N, c_out]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
