@@ -93,7 +93,7 @@ def test_round_trip_and_kwargs():
     assert gk["img_resolution"] == 32 and gk["num_layers"] == 8 and gk["azim_std_deg"] == 5.0
     assert resolve_config("chairs").G_kwargs(128)["azim_std_deg"] is None
     assert cfg.D_kwargs()["img_resolution"] == cfg.patch_size
-    assert resolve_config("noaug").augment_kwargs() == {"mode": "noaug", "patch_size": 32, "p": 0.0}
+    assert resolve_config("noaug").augment_kwargs() == {"mode": "noaug", "patch_size": 32, "p": 0.0, "max_spacing": 1.0}
     with pytest.raises(UserError, match="Unknown config key"):
         TrainConfig.from_dict({**d, "bogus": 1})
     with pytest.raises(UserError, match="must be of type int"):

@@ -134,7 +134,8 @@ def test_resume_path_starts_new_run_dir(tiny_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_data", "unknown_preset", "unknown_key", "patch_gt_res", "corrupt_data",
-                                  "resume_nothing", "metrics_mlp_fused", "metrics_detector_missing"])
+                                  "resume_nothing", "metrics_mlp_fused", "metrics_detector_missing",
+                                  "patch_spacing_too_large"])
 def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     corrupt = tmp_path / "corrupt.zip"
@@ -152,6 +153,8 @@ def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, cap
                               "metrics_mlp=fused"],
         "metrics_detector_missing": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "fid1k_full", "--set",
                                      f"metrics_detector={tmp_path / 'no-such-detector.pt'}"],
+        # 16 x 16 windows of 32 x 32 images: at most 31 / 15 = 2.066 pixels between rays.
+        "patch_spacing_too_large": ["--cfg", "smoke", "--data", tiny_data, "--set", "patch_max_spacing=3"],
     }[case]
     outdir = tmp_path / "runs"
     code, out, err = cli(["--outdir", str(outdir), *args, "--kimg", "0.004"], capsys)
@@ -270,3 +273,12 @@ def test_snapshot_metrics_use_the_metrics_detector_file(tiny_data, tmp_path, cap
     recs = [json.loads(ln) for ln in (only_run_dir(tmp_path) / "metric-fid1k_full.jsonl").read_text().splitlines()]
     assert len(recs) == 1 and recs[0]["detector_sha1"] == file_sha1(standin_detector)
     assert recs[0]["results"]["fid1k_full"] >= 0
+
+
+def test_random_scale_windows_train(tiny_data, tmp_path, capsys):
+    """--set patch_max_spacing: fakes and reals both at random scales; the run trains and records the option."""
+    code, out, err = cli(["--outdir", str(tmp_path), *SMOKE, "--data", tiny_data, "--kimg", "0.008", "--set",
+                          "patch_max_spacing=2"], capsys)
+    assert code == 0, err
+    opts = json.loads((only_run_dir(tmp_path) / "training_options.json").read_text())
+    assert opts["config"]["patch_max_spacing"] == 2.0

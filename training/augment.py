@@ -92,6 +92,32 @@ def crop_patches(images: torch.Tensor, offsets: torch.Tensor, patch_size: int) -
     return x.gather(3, cols)                                                                  # [B, C, P, P]
 
 
+def sample_patches(images: torch.Tensor, windows: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """images [B, C, H, W], windows [B, 3] (row0, col0, spacing) -> [B, C, P, P]: pixel (i, j) of the patch is the
+    image bilinearly sampled at (row0 + i * spacing, col0 + j * spacing) in pixel-index coordinates, the point where
+    G's ray of the same window meets the image plane (camera.get_rays). Gathers and lerps only: differentiable to
+    any order (R1) and free of host syncs. At spacing 1 and integer starts it equals `crop_patches`."""
+    B, C, H, W = images.shape
+    steps = torch.arange(patch_size, device=images.device, dtype=torch.float32)
+    win = windows.to(device=images.device, dtype=torch.float32)
+
+    def taps(start: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pos = (start[:, None] + steps[None, :] * win[:, 2:3]).clamp(0, size - 1)              # [B, P]
+        lo = pos.floor()
+        return lo.long(), (lo + 1).clamp(max=size - 1).long(), (pos - lo).to(images.dtype)
+    r0, r1, fr = taps(win[:, 0], H)
+    c0, c1, fc = taps(win[:, 1], W)
+    P = patch_size
+
+    def rows(idx: torch.Tensor) -> torch.Tensor:
+        return images.gather(2, idx.reshape(B, 1, P, 1).expand(B, C, P, W))                   # [B, C, P, W]
+    x = torch.lerp(rows(r0), rows(r1), fr.reshape(B, 1, P, 1))                                 # [B, C, P, W]
+
+    def cols(idx: torch.Tensor) -> torch.Tensor:
+        return x.gather(3, idx.reshape(B, 1, 1, P).expand(B, C, P, P))                        # [B, C, P, P]
+    return torch.lerp(cols(c0), cols(c1), fc.reshape(B, 1, 1, P))                              # [B, C, P, P]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Homogeneous matrices (batched). 2-D ones act on centred pixel coordinates (x right, y down, origin at the centre).
 
@@ -197,6 +223,7 @@ class AugmentPipe(nn.Module):
                  hue_max: float = 1.0,          # Hue rotation range, fraction of a half turn.
                  saturation_std: float = 1.0,   # log2 std of the saturation gain.
                  p: float | None = None,        # Initial probability; None = 0.5 for "fixed", 0 otherwise.
+                 max_spacing: float = 1.0,      # Reals' windows: 1 = full-resolution crops; > 1 random-scale patches.
                  ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -213,7 +240,9 @@ class AugmentPipe(nn.Module):
             p = 0.5 if mode == "fixed" else 0.0
         if p < 0:
             raise UserError(f"The augmentation probability p must be >= 0, got {p}.")
-        self.mode, self.patch_size = mode, int(patch_size)
+        if not max_spacing >= 1.0:
+            raise UserError(f"max_spacing must be >= 1 (1 = full-resolution crops), got {max_spacing}.")
+        self.mode, self.patch_size, self.max_spacing = mode, int(patch_size), float(max_spacing)
         self.strengths = {k: float(v) for k, v in strengths.items()}
         self.ranges = dict(xint_max=float(xint_max), scale_std=float(scale_std), rotate_max=float(rotate_max),
                            aniso_std=float(aniso_std), xfrac_std=float(xfrac_std),
@@ -228,7 +257,11 @@ class AugmentPipe(nn.Module):
         if H != W or H < P:
             raise ValueError(f"AugmentPipe expects square images of at least {P}x{P}, got {H}x{W}")
         x = images
-        if H > P:
+        if H > P and self.max_spacing > 1.0:      # random-scale patches: the law of G's windows (loss.run_G)
+            windows = sample_windows(B, H, P, generator=generator, device=images.device,
+                                     max_spacing=self.max_spacing).to(images.device)            # [B, 3]
+            x = sample_patches(x, windows, P)                                                   # [B, C, P, P]
+        elif H > P:
             offsets = sample_crop_offsets(B, H, P, generator=generator, device=images.device)  # [B, 2]
             x = crop_patches(x, offsets, P)                                                     # [B, C, P, P]
         if self.mode == "fixed":
@@ -329,7 +362,7 @@ class AugmentPipe(nn.Module):
         return c
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, patch_size={self.patch_size}"
+        return f"mode={self.mode}, patch_size={self.patch_size}, max_spacing={self.max_spacing:g}"
 
 
 def translate3d(tx: torch.Tensor, ty: torch.Tensor, tz: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,8 @@ class TrainConfig:
     raw_noise_std: float = 1.0           # density noise for training fakes
     pixel_center: float = 0.5            # 0.5 = pixel centres (ours); 0.0 = integer coordinates (reference)
     patch_size: int = 32                 # P: D resolution; G renders one P x P window per object
+    patch_max_spacing: float = 1.0       # 1 = full-resolution windows (reference); > 1: random-scale windows, ray
+                                         # spacing ~ U[1, this] pixels (up to ~res/P = the whole image), reals alike
     # Discriminator (training/networks/discriminator.py).
     d_channel_base: int = 32768
     d_channel_max: int = 512
@@ -139,6 +141,8 @@ class TrainConfig:
         need(batch_gpu % group == 0,
              f"the per-GPU batch {batch_gpu} is not divisible by the minibatch-stddev group {group}: use a batch that "
              f"is a multiple of {self.gpus * group}, or --set mbstd_group=1.")
+        need(self.patch_max_spacing >= 1.0, f"patch_max_spacing must be >= 1 (1 = full-resolution windows, the "
+             f"reference; got {self.patch_max_spacing}).")
         need(self.patch_size >= 4 and (self.patch_size & (self.patch_size - 1)) == 0,
              f"patch_size must be a power of two >= 4 (got {self.patch_size}).")
         synth_res = self.synth_spec_resolution()
@@ -191,7 +195,7 @@ class TrainConfig:
     def augment_kwargs(self) -> dict[str, Any]:
         """Constructor kwargs of training.augment.AugmentPipe (noaug = crop only, p = 0)."""
         p = 0.0 if self.aug == "noaug" else self.p
-        return dict(mode=self.aug, patch_size=self.patch_size, p=p)
+        return dict(mode=self.aug, patch_size=self.patch_size, p=p, max_spacing=self.patch_max_spacing)
 
     def desc(self, cfg_names: list[str]) -> str:
         """Short run-directory description, e.g. 'chairs-t4-synth_chairs-b4-fixed'."""

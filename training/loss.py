@@ -184,9 +184,10 @@ class HyperNeRFGANLoss:
                  patch_size: int, r1_gamma: float, generator: torch.Generator | None = None,
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
                  d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False,
-                 r1_dtype: torch.dtype | None = None) -> None:
+                 r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.patch_size = patch_size
+        self.max_spacing = max_spacing   # > 1: random-scale windows (config patch_max_spacing), reals alike
         self.r1_gamma = r1_gamma
         self.generator = generator
         self.g_dtype = g_dtype      # autocast dtype of the G MLP (None = fp32); compositing stays fp32 inside G
@@ -217,7 +218,8 @@ class HyperNeRFGANLoss:
         gen, dev = self.generator, self._device()
         z = self.G.sample_z(n, generator=gen, device=dev)                               # [n, z_dim]
         c2w = self.G.sample_poses(n, generator=gen, device=dev)                         # [n, 4, 4]
-        window = self.G.sample_windows(n, self.patch_size, generator=gen, device=dev)   # [n, 2]
+        scale = {"max_spacing": self.max_spacing} if self.max_spacing > 1 else {}       # G-like stand-ins too
+        window = self.G.sample_windows(n, self.patch_size, generator=gen, device=dev, **scale)  # [n, 2] or [n, 3]
         u, noise = self.G.sample_randomness(n, self.patch_size, generator=gen, device=dev)  # [n, P*P, S] each
         return self._render(z, c2w, window, u, noise, update_w_avg)                     # [n, 3, P, P]
 

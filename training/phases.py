@@ -61,7 +61,7 @@ class TrainStep:
                                      d_channels_last=cfg.d_channels_last and device.type == "cuda",
                                      compile_d=cfg.d_compile and device.type == "cuda",
                                      compile_g=cfg.g_compile and device.type == "cuda",
-                                     r1_dtype=None if cfg.r1_fp32 else dtype)
+                                     r1_dtype=None if cfg.r1_fp32 else dtype, max_spacing=cfg.patch_max_spacing)
         z = lambda dt=torch.int64: torch.zeros([], dtype=dt, device=device)  # noqa: E731
         self.cur_nimg = z()                      # images shown to D over all ranks
         self.bad_consec = z()                    # current run of consecutive steps with non-finite gradients

@@ -59,6 +59,12 @@ def open_dataset(cfg: TrainConfig, rank: int = 0) -> tuple[Any, dict]:
     if cfg.patch_size > dataset.resolution:
         raise UserError(f"patch_size {cfg.patch_size} is larger than the dataset resolution {dataset.resolution} "
                         f"('{path}'): use --set patch_size={dataset.resolution} or smaller, or higher-resolution data.")
+    from training.rendering.camera import max_window_spacing
+    top = math.floor(max_window_spacing(dataset.resolution, cfg.patch_size) * 1000) / 1000   # 3 decimals, down
+    if cfg.patch_max_spacing > top + 1e-9:
+        raise UserError(f"patch_max_spacing {cfg.patch_max_spacing:g} is more than a {cfg.patch_size} x "
+                        f"{cfg.patch_size} window of {dataset.resolution} x {dataset.resolution} images allows "
+                        f"({top:g}, the whole image in one patch): use --set patch_max_spacing={top:g} or less.")
     kwargs = dict(path=str(path), data=cfg.data, resolution=int(dataset.resolution), xflip=cfg.mirror,
                   use_labels=False, camera=getattr(dataset, "camera", None))
     return dataset, kwargs

@@ -124,11 +124,12 @@ class Generator(nn.Module):
                                    radius=self.radius, **self.pose_prior)
 
     def sample_windows(self, n: int, patch_size: int, generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None) -> torch.Tensor:
-        """Random P x P window starts [n, 2] int64 (row0, col0), every valid offset possible."""
+                       device: torch.device | str | None = None, max_spacing: float = 1.0) -> torch.Tensor:
+        """Random P x P windows: starts [n, 2] int64 (row0, col0), every valid offset possible; with max_spacing > 1
+        random-scale windows [n, 3] float (row0, col0, spacing), see camera.sample_windows."""
         self._check_patch(patch_size)
         return camera.sample_windows(n, self.img_resolution, patch_size, generator=generator,
-                                     device=self._device(generator, device))
+                                     device=self._device(generator, device), max_spacing=max_spacing)
 
     def sample_randomness(self, n: int, patch_size: int | None = None, generator: torch.Generator | None = None,
                           device: torch.device | str | None = None) -> Randomness:

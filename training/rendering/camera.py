@@ -99,9 +99,11 @@ def camera_directions(u: torch.Tensor, v: torch.Tensor, resolution: int, fov_x_r
 
 def get_rays(c2w: torch.Tensor, resolution: int, window: torch.Tensor | None = None, patch_size: int | None = None,
              pixel_center: float = DEFAULT_PIXEL_CENTER, fov_x_rad: float = FOV_X_RAD) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays for full images or for P x P windows at full-resolution pixel spacing.
+    """Rays for full images or for P x P windows.
 
-    c2w: [B, 4, 4]. window: None (full image) or [B, 2] integer (row0, col0) per object with patch_size P.
+    c2w: [B, 4, 4]. window: None (full image); [B, 2] integer (row0, col0) per object with patch_size P, rays at
+    full-resolution pixel spacing; or [B, 3] float (row0, col0, spacing): ray i of a row at pixel coordinate
+    row0 + pixel_center + i * spacing (spacing 1 = the integer window's rays; see `sample_windows`).
     Returns origins [B, h, w, 3] and unnormalised world directions [B, h, w, 3] (camera-z component -1).
     """
     B, device, dtype = c2w.shape[0], c2w.device, c2w.dtype
@@ -113,8 +115,10 @@ def get_rays(c2w: torch.Tensor, resolution: int, window: torch.Tensor | None = N
             raise ValueError("patch_size is required with a window")
         offs = torch.arange(patch_size, device=device, dtype=dtype) + pixel_center
         win = window.to(device=device, dtype=dtype)
-        vv = (win[:, 0, None] + offs[None, :])[:, :, None].expand(B, patch_size, patch_size)
-        uu = (win[:, 1, None] + offs[None, :])[:, None, :].expand(B, patch_size, patch_size)
+        if win.shape[1] == 3:                           # (row0, col0, spacing): rays `spacing` pixels apart
+            offs = offs[None, :] * win[:, 2:3] + pixel_center * (1.0 - win[:, 2:3])          # [B, P]
+        vv = (win[:, 0, None] + offs)[:, :, None].expand(B, patch_size, patch_size)
+        uu = (win[:, 1, None] + offs)[:, None, :].expand(B, patch_size, patch_size)
     dirs_cam = camera_directions(uu, vv, resolution, fov_x_rad)                  # [B, h, w, 3]
     rot = c2w[:, :3, :3]
     dirs = torch.einsum("bij,bhwj->bhwi", rot, dirs_cam)                         # [B, h, w, 3]
@@ -122,14 +126,33 @@ def get_rays(c2w: torch.Tensor, resolution: int, window: torch.Tensor | None = N
     return origins, dirs
 
 
+def max_window_spacing(resolution: int, patch_size: int, pixel_center: float = DEFAULT_PIXEL_CENTER) -> float:
+    """The largest ray spacing (in full-resolution pixels) of a P x P window that stays inside the image: its rays
+    span (P - 1) * spacing between the first and the last pixel centre, at most resolution - 1 (~ resolution / P,
+    the whole image in one patch)."""
+    return max(1.0, (resolution - 1) / (patch_size - 1)) if patch_size > 1 else 1.0
+
+
 def sample_windows(n: int, resolution: int, patch_size: int, generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """Random (row0, col0) [n, 2] int64 window starts covering every valid offset 0..resolution-patch_size."""
+                   device: torch.device | str = "cpu", max_spacing: float = 1.0) -> torch.Tensor:
+    """Random P x P windows of an image.
+
+    max_spacing 1 (the reference): (row0, col0) [n, 2] int64 starts, uniform over every valid offset
+    0..resolution-patch_size (rays one pixel apart). max_spacing > 1 (random-scale patches, as in GRAF): [n, 3]
+    float32 (row0, col0, spacing) with spacing ~ U[1, max_spacing] (clamped to `max_window_spacing`) and the start
+    uniform over the positions that keep the window inside the image; fakes and reals draw from the same law.
+    """
     if patch_size > resolution:
         raise ValueError(f"patch_size {patch_size} is larger than the image resolution {resolution}")
     if generator is not None:
         device = generator.device
-    return torch.randint(0, resolution - patch_size + 1, [n, 2], generator=generator, device=device)
+    if max_spacing <= 1.0:
+        return torch.randint(0, resolution - patch_size + 1, [n, 2], generator=generator, device=device)
+    top = min(float(max_spacing), max_window_spacing(resolution, patch_size))
+    u = torch.rand([n, 3], generator=generator, device=device, dtype=torch.float32)
+    spacing = 1.0 + (top - 1.0) * u[:, 2]                                       # [n]
+    room = (resolution - 1) - (patch_size - 1) * spacing                         # [n] free pixels, >= 0
+    return torch.stack([u[:, 0] * room, u[:, 1] * room, spacing], dim=1)        # [n, 3]
 
 
 def label_from_pose(c2w: torch.Tensor, resolution: int, fov_x_rad: float = FOV_X_RAD) -> torch.Tensor:
