@@ -257,13 +257,10 @@ class AugmentPipe(nn.Module):
         if H != W or H < P:
             raise ValueError(f"AugmentPipe expects square images of at least {P}x{P}, got {H}x{W}")
         x = images
-        if H > P and self.max_spacing > 1.0:      # random-scale patches: the law of G's windows (loss.run_G)
+        if H > P:   # the law of G's windows (loss.run_G): [B, 2] starts, or [B, 3] random-scale windows
             windows = sample_windows(B, H, P, generator=generator, device=images.device,
-                                     max_spacing=self.max_spacing).to(images.device)            # [B, 3]
-            x = sample_patches(x, windows, P)                                                   # [B, C, P, P]
-        elif H > P:
-            offsets = sample_crop_offsets(B, H, P, generator=generator, device=images.device)  # [B, 2]
-            x = crop_patches(x, offsets, P)                                                     # [B, C, P, P]
+                                     max_spacing=self.max_spacing).to(images.device)
+            x = sample_patches(x, windows, P) if windows.shape[1] == 3 else crop_patches(x, windows, P)
         if self.mode == "fixed":
             x = self._fixed_flip(x, generator)
         elif self.mode == "ada":

@@ -113,10 +113,11 @@ def get_rays(c2w: torch.Tensor, resolution: int, window: torch.Tensor | None = N
     else:
         if patch_size is None:
             raise ValueError("patch_size is required with a window")
-        offs = torch.arange(patch_size, device=device, dtype=dtype) + pixel_center
+        steps = torch.arange(patch_size, device=device, dtype=dtype)
         win = window.to(device=device, dtype=dtype)
         if win.shape[1] == 3:                           # (row0, col0, spacing): rays `spacing` pixels apart
-            offs = offs[None, :] * win[:, 2:3] + pixel_center * (1.0 - win[:, 2:3])          # [B, P]
+            steps = steps[None, :] * win[:, 2:3]                                         # [B, P]
+        offs = steps + pixel_center
         vv = (win[:, 0, None] + offs)[:, :, None].expand(B, patch_size, patch_size)
         uu = (win[:, 1, None] + offs)[:, None, :].expand(B, patch_size, patch_size)
     dirs_cam = camera_directions(uu, vv, resolution, fov_x_rad)                  # [B, h, w, 3]
