@@ -352,6 +352,7 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
     keys = ("kimg", "snap_kimg", "count", "resolution", "smoke", "detector", "ablation_family", "spread_family",
             "train_set")
     study = {k: opts[k] for k in keys} | {k: list(opts[k]) for k in ("families", "ablations", "seeds")}
+    study["ablation_seeds"] = list(opts.get("ablation_seeds") or opts["seeds"][:1])
     if path.is_file():
         old = {"train_set": [], **json.loads(path.read_text(encoding="utf-8"))}   # studies from before --set
         clash = [k for k in ("count", "resolution", "smoke", "snap_kimg", "train_set")
@@ -360,7 +361,8 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
             raise UserError(f"'{outdir}' holds a study with other {', '.join(clash)} "
                             f"({', '.join(f'{k}={old[k]}' for k in clash)}); use a new --outdir for a different "
                             f"study, or the same values to continue it.")
-        for k in ("families", "ablations", "seeds"):
+        old.setdefault("ablation_seeds", old.get("seeds", [])[:1])   # study.json from before --ablation-seeds
+        for k in ("families", "ablations", "seeds", "ablation_seeds"):
             study[k] = list(dict.fromkeys(old.get(k, []) + study[k]))
     util.atomic_write_text(path, json.dumps(study, indent=2) + "\n")
     return study
@@ -398,7 +400,7 @@ def run_study(opts: dict) -> tuple[Path, list[str]]:
     data = {fam: attempt(ensure_dataset, rec, opts, fam) for fam in dict.fromkeys(needed)}
     opts["data"] = {fam: path for fam, path in data.items() if path is not None}
     plan = results.plan_runs(opts["families"], opts["ablations"], opts["seeds"], opts["ablation_family"],
-                             opts["spread_family"], opts["smoke"])
+                             opts["spread_family"], opts["smoke"], opts.get("ablation_seeds"))
     runs = [run for run in plan if run.family in opts["data"]]
     if opts.get("jobs", 1) > 1:   # independent runs side by side (on one GPU: worth it with NVIDIA MPS, see README)
         with concurrent.futures.ThreadPoolExecutor(opts["jobs"]) as pool:
@@ -462,6 +464,9 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
 @click.option("--seeds", default="0,1", show_default=True,
               help="Seeds: the first for every run, the others for the spread family's baseline.")
 @click.option("--spread-family", default="cars", show_default=True, help="Family trained with every seed.")
+@click.option("--ablation-seeds", default=None,
+              help="Seeds of the ablation runs, each with the ablation family's baseline at that seed [default: "
+                   "the first of --seeds]; e.g. --seeds 0 --ablation-seeds 1 adds seed-1 ablations to a study.")
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None, help="Training length [200].")
 @click.option("--snap-kimg", type=click.FloatRange(min=0, min_open=True), default=None,
               help="kimg per tick = per snapshot and metric evaluation [50].")
@@ -486,6 +491,7 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
               help="With --detector: train.py evaluates each snapshot as it is written (--set metrics_detector=...) "
                    "instead of calc_metrics.py after the run; all --jobs runs may then evaluate at once.")
 def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,
+        ablation_seeds: str | None,
         kimg: float | None, snap_kimg: float | None, count: int | None, resolution: int | None,
         detector: str | None, smoke: bool, report: str | None, train_set: tuple[str, ...], jobs: int,
         metric_jobs: int, metrics_in_training: bool, report_with: tuple[str, ...], full_plan: bool) -> None:
@@ -502,6 +508,7 @@ def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds:
                  report_with=list(report_with), full_plan=full_plan,
                  ablations=_names(ablations, results.ABLATIONS, "ablation"),
                  ablation_family=_names(ablation_family, fams, "family")[0], seeds=util.parse_int_list(seeds),
+                 ablation_seeds=util.parse_int_list(ablation_seeds) if ablation_seeds else None,
                  spread_family=_names(spread_family, fams, "family")[0],
                  detector=str(Path(detector).resolve()) if detector else None,
                  report=report or str(Path(outdir) / "RESULTS.md" if smoke else REPO / "docs" / "RESULTS.md"))

@@ -55,15 +55,26 @@ class PlannedRun:
 
 
 def plan_runs(families: list[str], ablations: list[str], seeds: list[int], ablation_family: str = "cars",
-              spread_family: str = "cars", smoke: bool = False) -> list[PlannedRun]:
-    """Baselines of every family (first seed), ablations on `ablation_family`, extra seeds of `spread_family`."""
+              spread_family: str = "cars", smoke: bool = False,
+              ablation_seeds: list[int] | None = None) -> list[PlannedRun]:
+    """Baselines of every family (first seed), ablations on `ablation_family` at each of `ablation_seeds` (default:
+    the first seed), extra seeds of `spread_family`, and the ablation family's baseline at every ablation seed."""
     extra = ("smoke",) if smoke else ()
     s0 = seeds[0]
-    runs = [PlannedRun(f"{f}-baseline-s{s0}", f, "baseline", s0, (f, "t4") + extra) for f in families]
-    runs += [PlannedRun(f"{ablation_family}-{a}-s{s0}", ablation_family, a, s0, (ablation_family, "t4", a) + extra)
-             for a in ablations]
-    runs += [PlannedRun(f"{spread_family}-baseline-s{s}", spread_family, "baseline", s, (spread_family, "t4") + extra)
-             for s in seeds[1:]]
+
+    def base(fam: str, s: int) -> PlannedRun:
+        return PlannedRun(f"{fam}-baseline-s{s}", fam, "baseline", s, (fam, "t4") + extra)
+
+    def ablation(a: str, s: int) -> PlannedRun:
+        return PlannedRun(f"{ablation_family}-{a}-s{s}", ablation_family, a, s, (ablation_family, "t4", a) + extra)
+    runs = [base(f, s0) for f in families]
+    a_seeds = list(dict.fromkeys(ablation_seeds or [s0]))
+    runs += [ablation(a, s0) for a in ablations if s0 in a_seeds]
+    runs += [base(spread_family, s) for s in seeds[1:]]
+    for s in (s for s in a_seeds if ablations):
+        runs += [ablation(a, s) for a in ablations] if s != s0 else []
+        if all(r.name != base(ablation_family, s).name for r in runs):
+            runs.append(base(ablation_family, s))
     return runs
 
 
@@ -78,7 +89,12 @@ def load_study(outdir: str | Path) -> dict:
 
 def study_plan(study: dict) -> list[PlannedRun]:
     return plan_runs(study["families"], study["ablations"], study["seeds"], study["ablation_family"],
-                     study["spread_family"], study["smoke"])
+                     study["spread_family"], study["smoke"], ablation_seeds(study))
+
+
+def ablation_seeds(study: dict) -> list[int]:
+    """The seeds the study's ablations ran at (study.json from before --ablation-seeds: the first seed)."""
+    return list(study.get("ablation_seeds") or study["seeds"][:1])
 
 
 def checkpoints(study: dict) -> list[float]:
@@ -291,23 +307,57 @@ def curve_table(results: list[RunResult], study: dict, keys: tuple[str, ...] = (
     return lines
 
 
-def ablation_rows(results: list[RunResult], study: dict) -> list[list[str]]:
-    """Ablations against the baseline of the ablation family (same seed): FID-1k, delta, precision, recall."""
-    s0, fam = study["seeds"][0], study["ablation_family"]
-    base = next((r for r in results if r.run.family == fam and r.run.variant == "baseline" and r.run.seed == s0), None)
+def _ablation_base(results: list[RunResult], study: dict, seed: int) -> RunResult | None:
+    fam = study["ablation_family"]
+    return next((r for r in results if r.run.family == fam and r.run.variant == "baseline" and r.run.seed == seed),
+                None)
+
+
+def ablation_deltas(results: list[RunResult], study: dict, seed: int) -> dict[str, float | None]:
+    """FID-1k of each ablation minus the same-seed baseline's at the study's end (None where either is missing)."""
+    base = _ablation_base(results, study, seed)
     b = base.at(study["kimg"]) if base is not None else None
+    out = {}
+    for r in results:
+        if r.run.family == study["ablation_family"] and r.run.seed == seed and r.run.variant != "baseline":
+            f = r.at(study["kimg"])
+            out[r.run.variant] = None if f is None or b is None else f - b
+    return out
+
+
+def ablation_rows(results: list[RunResult], study: dict, seed: int | None = None) -> list[list[str]]:
+    """Ablations against the baseline of the ablation family (same seed; default the study's first seed): FID-1k,
+    delta, precision, recall."""
+    seed = study["seeds"][0] if seed is None else seed
+    fam, base = study["ablation_family"], _ablation_base(results, study, seed)
+    b = base.at(study["kimg"]) if base is not None else None
+    deltas = ablation_deltas(results, study, seed)
     rows = []
     for r in results:
-        if r.run.family != fam or r.run.seed != s0 or (r.run.variant == "baseline" and r is not base):
+        if r.run.family != fam or r.run.seed != seed or (r.run.variant == "baseline" and r is not base):
             continue
         if r.status == "not run":
             rows.append([r.run.variant, f"`{r.run.cfg}`", "not run", "-", "-", "-", "-", "-"])
             continue
-        f = r.at(study["kimg"])
-        delta = None if r is base or f is None or b is None else f - b
+        delta = deltas.get(r.run.variant)
         rel = None if delta is None else delta / b * 100.0
-        rows.append([r.run.variant, f"`{r.run.cfg}`", _f(f), _f(delta, 2, True), _f(rel, 1, True),
+        rows.append([r.run.variant, f"`{r.run.cfg}`", _f(r.at(study["kimg"])), _f(delta, 2, True), _f(rel, 1, True),
                      _f(r.at(study["kimg"], PREC), 3), _f(r.at(study["kimg"], REC), 3), format_duration(r.wall_s)])
+    return rows
+
+
+def ablation_mean_rows(results: list[RunResult], study: dict) -> list[list[str]]:
+    """One row per ablation over the study's ablation seeds: each seed's delta, the mean, the seeds agreeing in sign."""
+    seeds = ablation_seeds(study)
+    per = [ablation_deltas(results, study, s) for s in seeds]
+    rows = []
+    for a in study["ablations"]:
+        vals = [d.get(a) for d in per]
+        known = [v for v in vals if v is not None]
+        mean = sum(known) / len(known) if known else None
+        worse = sum(v > 0 for v in known)
+        rows.append([a] + [_f(v, 2, True) for v in vals] + [_f(mean, 2, True), f"{len(known)}",
+                                                              f"{worse} of {len(known)}" if known else "-"])
     return rows
 
 
@@ -413,7 +463,9 @@ def _header(study: dict, results: list[RunResult], outdir: Path, full_plan: bool
         f"{outdir.as_posix()}` runs or continues the study itself). Study: families {', '.join(study['families'])} at "
         f"{study['resolution']} px ({study['count']:,} synthetic images each), `--cfg FAMILY,t4`, {k:g} kimg"
         + (f" with `{' '.join('--set ' + kv for kv in study['train_set'])}`" if study.get("train_set") else "")
-        + f", ablations {', '.join(study['ablations']) or 'none'} on {study['ablation_family']}, seeds "
+        + f", ablations {', '.join(study['ablations']) or 'none'} on {study['ablation_family']}"
+        + (f" at seeds {', '.join(map(str, ablation_seeds(study)))}" if len(ablation_seeds(study)) > 1 else "")
+        + ", seeds "
         f"{', '.join(map(str, study['seeds']))} (extra seeds on {study['spread_family']})"
         + (", **smoke settings** (tiny shapes; the numbers mean nothing)" if study.get("smoke") else "") + ".",
         "",
@@ -449,15 +501,25 @@ def _summary_section(results: list[RunResult], study: dict, outdir: Path) -> lis
 def _ablation_section(results: list[RunResult], study: dict) -> list[str]:
     if not study["ablations"]:
         return []
-    fam, s0, k = study["ablation_family"], study["seeds"][0], f"{study['kimg']:g}"
+    fam, k = study["ablation_family"], f"{study['kimg']:g}"
     header = ["variant", "presets", f"FID-1k @ {k}", "delta vs baseline", "delta %", "precision", "recall",
               "wall time"]
-    runs = [r for r in results if r.run.family == fam and r.run.seed == s0]
-    return ([f"## Ablations ({fam}, seed {s0}, {k} kimg)", "",
-             "Delta = FID-1k of the ablation minus the baseline's (positive = worse). Read it against the seed "
-             "spread and the noise floors below.", ""] + _table(header, ablation_rows(results, study))
-            + ["", "FID-1k by kimg:", ""] + (curve_table(runs, study, keys=(FID,)) if any(
-                r.status != "not run" for r in runs) else ["not run."]) + [""])
+    lines = []
+    seeds = ablation_seeds(study)
+    for seed in seeds:
+        runs = [r for r in results if r.run.family == fam and r.run.seed == seed]
+        lines += ([f"## Ablations ({fam}, seed {seed}, {k} kimg)", "",
+                   "Delta = FID-1k of the ablation minus the same-seed baseline's (positive = worse). Read it against "
+                   "the seed spread and the noise floors below.", ""] + _table(header, ablation_rows(results, study, seed))
+                  + ["", "FID-1k by kimg:", ""] + (curve_table(runs, study, keys=(FID,)) if any(
+                      r.status != "not run" for r in runs) else ["not run."]) + [""])
+    if len(seeds) > 1:
+        lines += ([f"## Ablations over seeds {', '.join(map(str, seeds))} ({fam}, {k} kimg)", "",
+                   "Each seed's delta (ablation minus that seed's baseline), their mean over the seeds measured, and "
+                   "how many of those seeds the ablation was worse at.", ""]
+                  + _table(["variant"] + [f"delta s{s}" for s in seeds] + ["mean delta", "seeds", "worse at"],
+                           ablation_mean_rows(results, study)) + [""])
+    return lines
 
 
 def _spread_section(results: list[RunResult], study: dict) -> list[str]:
@@ -549,6 +611,8 @@ def _drop_measured_elsewhere(study: dict, results: list[RunResult], measured: se
     study = dict(study)
     study["ablations"] = [a for a in study["ablations"] if any(
         r.run.variant == a and r.run.family == study["ablation_family"] for r in kept)]
+    study["ablation_seeds"] = [s for s in ablation_seeds(study) if any(
+        r.run.seed == s and r.run.family == study["ablation_family"] and r.run.variant != "baseline" for r in kept)]
     study["seeds"] = [s for s in study["seeds"] if s == study["seeds"][0] or any(
         r.run.seed == s and r.run.family == study["spread_family"] for r in kept)]
     return study, kept

@@ -186,6 +186,14 @@ def test_plan_runs():
     plan = results.plan_runs(["carla", "cars"], ["ns8"], [0, 1], smoke=True)
     assert [r.name for r in plan] == ["carla-baseline-s0", "cars-baseline-s0", "cars-ns8-s0", "cars-baseline-s1"]
     assert plan[2].cfg == "cars,t4,ns8,smoke" and plan[3].seed == 1
+    # Ablations at more seeds, each with the ablation family's same-seed baseline (planned once, also for the first
+    # seed when the ablation family is not among the families).
+    names = [r.name for r in results.plan_runs(["carla"], ["ns8", "noaug"], [0, 1], ablation_seeds=[0, 1, 2])]
+    assert names == ["carla-baseline-s0", "cars-ns8-s0", "cars-noaug-s0", "cars-baseline-s1", "cars-baseline-s0",
+                     "cars-ns8-s1", "cars-noaug-s1", "cars-ns8-s2", "cars-noaug-s2", "cars-baseline-s2"]
+    # Only seed-1 ablations (a study continued with --ablation-seeds 1): no seed-0 ablation runs.
+    names = [r.name for r in results.plan_runs(["cars"], ["ns8"], [0], ablation_seeds=[1])]
+    assert names == ["cars-baseline-s0", "cars-ns8-s1", "cars-baseline-s1"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -403,3 +411,26 @@ def test_report_order_keeps_the_combined_report_whole(tmp_path):
     assert reproduce.report_order(a, []) == [a]
     assert reproduce.report_order(b, [str(a)]) == [b, a]
     assert reproduce.report_order(b, [str(a), str(b)]) == [a, b]           # one of them: the order as given
+
+
+def test_report_ablations_over_seeds_and_study_merge(tmp_path):
+    """--ablation-seeds: one ablation table per seed against that seed's baseline, then the mean delta over seeds;
+    study.json from before the option merges as 'ablations at the first seed'."""
+    out = _study(tmp_path)                                         # baseline s0 50, ns8 s0 60, noaug s0 not run
+    runs = out / "runs"
+    _records(runs / "cars-baseline-s1" / "train" / "00000-e", {200.0: (80.0, 0.2, 0.1)})
+    _records(runs / "cars-ns8-s1" / "train" / "00000-f", {200.0: (70.0, 0.2, 0.05)})
+    _records(runs / "cars-noaug-s1" / "train" / "00000-g", {200.0: (95.0, 0.2, 0.01)})
+    opts = dict(kimg=200.0, snap_kimg=50.0, count=10000, resolution=128, smoke=False, detector=None,
+                ablation_family="cars", spread_family="cars", train_set=[], families=["cars"],
+                ablations=["ns8", "noaug"], seeds=[0], ablation_seeds=[1])
+    merged = reproduce._merge_study(out, opts)
+    assert merged["ablation_seeds"] == [0, 1] and merged["seeds"] == [0, 1]
+    md = results.build_report(out, tmp_path / "R.md").read_text()
+    seed0, rest = md.split("## Ablations (cars, seed 1, 200 kimg)")
+    seed1, over = rest.split("## Ablations over seeds 0, 1 (cars, 200 kimg)")
+    assert "## Ablations (cars, seed 0, 200 kimg)" in seed0 and _row(seed0, "ns8")[3] == "+10.00"
+    assert _row(seed1, "ns8")[2:5] == ["70.00", "-10.00", "-12.5"] and _row(seed1, "noaug")[3] == "+15.00"
+    assert _row(over, "ns8")[1:] == ["+10.00", "-10.00", "+0.00", "2", "1 of 2"]
+    assert _row(over, "noaug")[1:] == ["-", "+15.00", "+15.00", "1", "1 of 1"]   # s0 not run: the mean of one
+    assert "ablations ns8, noaug on cars at seeds 0, 1" in md
