@@ -222,6 +222,36 @@ def gate_graph(presets: str, device, data, steps: int = 50) -> dict:
     return {"steps": steps, "max_rel_param_diff": diff, "pass": diff <= 1e-4}
 
 
+def gate_g_learns(presets: str, device, data, steps: int = 60) -> dict:
+    """G moves under the training path: the relative change of G's parameters after `steps` steps from the same
+    initial state, eager fp32 (the plain path) vs the default (auto precision, CUDA graphs, compiled G and D). Session
+    6 lost a study to a G that never moved on the default path while every CPU test passed; this gate catches that:
+    the default's change must be > 0 for every parameter tensor and within 4x of the eager path's."""
+    rows = {}
+    for name, prec, graphed, extra in (("eager_fp32", "fp32", False, ("d_compile=false", "g_compile=false")),
+                                       ("default", "auto", True, ())):
+        gc.collect()
+        torch.cuda.empty_cache()
+        cfg = make_cfg(presets, prec, extra=extra)
+        nets, step = make_step(cfg, device)
+        start = [p.detach().clone() for p in nets.G.parameters()]
+        cache = DeviceImageCache(data, device)
+        wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache, enabled=graphed)
+        idx = torch.arange(steps * cfg.batch, device=device).view(steps, cfg.batch) % len(data)
+        for i in range(steps):
+            wrapped(idx[i], i)
+        torch.cuda.synchronize()
+        moved = [((p.detach() - q).norm() / (q.norm() + 1e-12)).item() for p, q in zip(nets.G.parameters(), start)]
+        num = sum(((p.detach() - q).norm() ** 2).item() for p, q in zip(nets.G.parameters(), start)) ** 0.5
+        den = sum((q.norm() ** 2).item() for q in start) ** 0.5
+        rows[name] = {"precision": step.precision, "graphed": graphed, "rel_change": num / den,
+                      "unchanged_tensors": sum(m == 0.0 for m in moved), "tensors": len(moved)}
+    ratio = rows["default"]["rel_change"] / max(rows["eager_fp32"]["rel_change"], 1e-30)
+    ok = rows["default"]["unchanged_tensors"] == 0 and rows["eager_fp32"]["unchanged_tensors"] == 0 \
+        and 0.25 <= ratio <= 4.0
+    return {"steps": steps, **rows, "ratio_default_to_eager": ratio, "pass": ok}
+
+
 @torch.no_grad()
 def render_speed(device, presets: str, batch: int, chunk: int, reps: int, dtype, fused: bool = False) -> dict:
     gc.collect()
@@ -299,7 +329,9 @@ def main() -> None:
         RESULTS["sections"]["gates"] = {"t4_images": gate_images(t4, device), "std_images": gate_images(std, device),
                                         "t4_compiled_g": gate_compiled_g(t4, device),
                                         "std_compiled_g": gate_compiled_g(std, device),
-                                        "t4_graph": gate_graph(t4, device, data)}
+                                        "t4_graph": gate_graph(t4, device, data),
+                                        "t4_g_learns": gate_g_learns(t4, device, data),
+                                        "std_g_learns": gate_g_learns(std, device, data, steps=30)}
         print(json.dumps(RESULTS["sections"]["gates"], indent=1), flush=True)
         failed = [name for name, gate in RESULTS["sections"]["gates"].items() if not gate["pass"]]
         RESULTS["gates_pass"] = not failed

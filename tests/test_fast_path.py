@@ -33,7 +33,7 @@ def test_per_object_linear_backward_matches_autograd_baddbmm():
         b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
         g = torch.randn(3, 50, c_out, dtype=torch.float64)
         y, y_ref = HyperLinear.apply_weights(x, wt, b), torch.baddbmm(b.view(1, 1, -1), x, wt)
-        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)                 # bmm + bias == baddbmm
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)                 # forward == baddbmm
         ours = torch.autograd.grad(y, (x, wt, b), g)
         ref = torch.autograd.grad(y_ref, (x, wt, b), g)
         for a, r in zip(ours, ref):

@@ -282,3 +282,39 @@ def test_random_scale_windows_train(tiny_data, tmp_path, capsys):
     assert code == 0, err
     opts = json.loads((only_run_dir(tmp_path) / "training_options.json").read_text())
     assert opts["config"]["patch_max_spacing"] == 2.0
+
+
+def test_frozen_g_warning_unit():
+    from training.training_loop import frozen_g_warning, param_fingerprint
+    net = torch.nn.Linear(3, 2)
+    before = param_fingerprint(net)
+    assert before.shape == (2,)
+    assert frozen_g_warning(None, before, 5) is None                       # no earlier fingerprint
+    assert frozen_g_warning(before, param_fingerprint(net), 0) is None     # no steps in the tick
+    msg = frozen_g_warning(before, param_fingerprint(net), 5)
+    assert "none of G's 2 parameter tensors changed" in msg and "5 steps" in msg and "g_learns" in msg
+    with torch.no_grad():
+        net.bias[0] += 1e-3
+    assert frozen_g_warning(before, param_fingerprint(net), 5) is None     # one tensor moved: G learns
+
+
+def test_training_warns_when_g_does_not_learn(tiny_data, tmp_path, capsys, monkeypatch):
+    """A G whose optimiser never moves it (lr 0, as a broken backward would leave it) is named at every tick, and
+    stats.jsonl records it; a normal run has Progress/G_frozen 0."""
+    from training import phases
+    real = phases.make_optimizer
+    calls = []
+
+    def g_frozen(params, lr, *args, **kwargs):
+        calls.append(lr)
+        return real(params, 0.0 if len(calls) == 1 else lr, *args, **kwargs)   # the first optimiser is G's
+    args = [*SMOKE, "--data", tiny_data, "--kimg", "0.016", "--set", "kimg_per_tick=0.008"]
+    assert cli(["--outdir", str(tmp_path / "ok"), *args], capsys)[0] == 0
+    stats = [json.loads(s) for s in (only_run_dir(tmp_path / "ok") / "stats.jsonl").read_text().splitlines()]
+    assert [s["Progress/G_frozen"]["mean"] for s in stats] == [0.0, 0.0]
+    monkeypatch.setattr(phases, "make_optimizer", g_frozen)
+    code, out, err = cli(["--outdir", str(tmp_path / "frozen"), *args], capsys)
+    assert code == 0, err
+    assert out.count("none of G's") == 2 and "G is not learning" in out
+    stats = [json.loads(s) for s in (only_run_dir(tmp_path / "frozen") / "stats.jsonl").read_text().splitlines()]
+    assert [s["Progress/G_frozen"]["mean"] for s in stats] == [1.0, 1.0]

@@ -580,9 +580,14 @@ def available(device, dtype: torch.dtype = torch.float16) -> bool:
     triton importable, and a tiny self-check against `reference_evaluate` passed (compiled and run once per device
     and dtype in a child process, so that a faulting kernel cannot break this process's CUDA context; the answer is
     cached for the process; call it outside CUDA-graph capture). Never raises; a failed check warns with the reason.
-    Other configurations (depth, skip) compile on their first `fused_evaluate` call."""
+    Other configurations (depth, skip) compile on their first `fused_evaluate` call.
+
+    HNG_FUSED_MLP=0 in the environment answers False without the self-check: under NVIDIA MPS a faulting kernel in
+    any client (the self-check's child too) breaks every client of the server, i.e. every run side by side."""
     try:
         device = torch.device(device)
+        if os.environ.get("HNG_FUSED_MLP", "").strip() == "0":
+            return False
         if device.type != "cuda" or triton is None or dtype not in KERNEL_DTYPES or not torch.cuda.is_available():
             return False
         if device.index is None:

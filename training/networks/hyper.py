@@ -81,13 +81,15 @@ class HyperLinear(nn.Module):
 
 
 class _PerObjectLinear(torch.autograd.Function):
-    """y = bmm(x, W^T) + bias with a backward tuned for tensor cores.
+    """y = baddbmm(bias, x, W^T) with a backward tuned for tensor cores.
 
-    * Forward: a plain bmm and a separate bias add, not baddbmm(bias, x, W^T): baddbmm first materialises the bias
-      broadcast to [B, N, c_out] (an aten::copy_ per layer, 16 of them = 3.4 ms of the standard step in the H200
-      profile, docs/bench/profile-h200-2026-12-01.txt) and reads it back inside the GEMM; under torch.compile the add
-      fuses into the relu that follows. In 16-bit the product is rounded once before the add (one more rounding
-      than baddbmm's epilogue); in fp32 the two agree to float rounding.
+    * Forward: baddbmm. A `bmm(x, W^T).add_(bias)` forward (to drop baddbmm's bias broadcast copies, 3.4 ms of the
+      standard step in the H200 profile) was in the tree for session 6's study, whose five GPU runs (fp16, CUDA
+      graphs, compiled G) all kept G at its initial weights: G's fp16 loss scale grew to 2^24 (no gradient ever
+      overflowed) and every snapshot rendered `fakes_init.png` again. It passed every CPU test, including compiled
+      ones, and the study also ran on an MPS server a faulting kernel had just broken, so the cause is not proven;
+      the forward is back to the one the session-5 study trained with. Re-measure before changing it again:
+      `python bench/train_speed.py --sections gates` (gate `g_learns`) and the training loop's frozen-G warning.
     * The shared bias gradient is a GEMM with a row of ones: autograd's reduction of grad [B, N, c_out] over (B, N)
       measured 5x slower on an H100 (0.12 vs 0.024 ms at B=4, N=32768, c_out=128).
     * The weight gradient x^T @ grad pads c_in and c_out to multiples of 8 (63-wide encodings, 4-wide outputs):
@@ -99,7 +101,7 @@ class _PerObjectLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight_t)
         ctx.bias_dtype = bias.dtype
-        return torch.bmm(x, weight_t).add_(bias)                                            # [B, N, c_out]
+        return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)                          # [B, N, c_out]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
