@@ -375,6 +375,17 @@ def report_order(outdir: Path, report_with: list[str]) -> list[Path]:
     return others if any(d.resolve() == Path(outdir).resolve() for d in others) else [Path(outdir), *others]
 
 
+def side_by_side_env(jobs: int, environ: dict | os._Environ = os.environ) -> str | None:
+    """--jobs > 1 (several processes on one GPU, under NVIDIA MPS): HNG_FUSED_MLP=0 for every step unless the caller
+    set it. A fused-MLP self-check that faults breaks every client of the MPS server (session 6: every run of the
+    study died at its start); the metrics then render on the PyTorch path. Returns the note to record, or None."""
+    if jobs <= 1 or "HNG_FUSED_MLP" in environ:
+        return None
+    environ["HNG_FUSED_MLP"] = "0"
+    return (f"--jobs {jobs}: HNG_FUSED_MLP=0 for every step (a faulting fused-MLP self-check breaks every process "
+            f"sharing the GPU under MPS; set HNG_FUSED_MLP=1 to keep the kernel)")
+
+
 def run_study(opts: dict) -> tuple[Path, list[str]]:
     """Everything `reproduce.py run` does (see the module docstring). Returns (report path, failed steps).
 
@@ -384,6 +395,10 @@ def run_study(opts: dict) -> tuple[Path, list[str]]:
     outdir.mkdir(parents=True, exist_ok=True)
     _merge_study(outdir, opts)
     rec = Recorder(outdir, device_name())
+    env_note = side_by_side_env(opts.get("jobs", 1))
+    if env_note:
+        print(f"[env] {env_note}", flush=True)
+        rec._append([f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} env: {env_note}"])
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, rec.stop)
     failures: list[str] = []

@@ -459,3 +459,17 @@ def test_available_falls_back_when_the_isolated_check_fails(monkeypatch):
     monkeypatch.setattr(fm, "_AVAILABLE", {})
     monkeypatch.setattr(fm, "_self_check_isolated", lambda device, dtype: (True, ""))
     assert fm.available(torch.device("cuda", 0)) is True
+
+
+def test_env_switch_turns_the_kernel_off_without_a_self_check(monkeypatch):
+    """HNG_FUSED_MLP=0: no self-check child (under NVIDIA MPS a faulting one breaks every client of the server)."""
+    calls = []
+    monkeypatch.setattr(fm, "triton", object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(fm, "_self_check_isolated", lambda device, dtype: calls.append(dtype) or (True, ""))
+    monkeypatch.setattr(fm, "_AVAILABLE", {})
+    monkeypatch.setenv("HNG_FUSED_MLP", "0")
+    assert fm.available(torch.device("cuda", 0)) is False and calls == []
+    monkeypatch.setenv("HNG_FUSED_MLP", "1")
+    assert fm.available(torch.device("cuda", 0)) is True and calls == [torch.float16]

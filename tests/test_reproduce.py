@@ -434,3 +434,11 @@ def test_report_ablations_over_seeds_and_study_merge(tmp_path):
     assert _row(over, "ns8")[1:] == ["+10.00", "-10.00", "+0.00", "2", "1 of 2"]
     assert _row(over, "noaug")[1:] == ["-", "+15.00", "+15.00", "1", "1 of 1"]   # s0 not run: the mean of one
     assert "ablations ns8, noaug on cars at seeds 0, 1" in md
+
+
+def test_side_by_side_runs_turn_the_fused_kernel_off_unless_asked():
+    env = {}
+    assert reproduce.side_by_side_env(1, env) is None and env == {}
+    assert "HNG_FUSED_MLP=0" in reproduce.side_by_side_env(6, env) and env == {"HNG_FUSED_MLP": "0"}
+    env = {"HNG_FUSED_MLP": "1"}
+    assert reproduce.side_by_side_env(6, env) is None and env == {"HNG_FUSED_MLP": "1"}   # the caller's choice
