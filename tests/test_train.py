@@ -296,6 +296,7 @@ def test_frozen_g_warning_unit():
     with torch.no_grad():
         net.bias[0] += 1e-3
     assert frozen_g_warning(before, param_fingerprint(net), 5) is None     # one tensor moved: G learns
+    assert "G_ema is not learning (its EMA update" in frozen_g_warning(before, before.clone(), 3, "G_ema")
 
 
 def test_training_warns_when_g_does_not_learn(tiny_data, tmp_path, capsys, monkeypatch):
@@ -312,9 +313,12 @@ def test_training_warns_when_g_does_not_learn(tiny_data, tmp_path, capsys, monke
     assert cli(["--outdir", str(tmp_path / "ok"), *args], capsys)[0] == 0
     stats = [json.loads(s) for s in (only_run_dir(tmp_path / "ok") / "stats.jsonl").read_text().splitlines()]
     assert [s["Progress/G_frozen"]["mean"] for s in stats] == [0.0, 0.0]
+    assert [s["Progress/G_ema_frozen"]["mean"] for s in stats] == [0.0, 0.0]
     monkeypatch.setattr(phases, "make_optimizer", g_frozen)
     code, out, err = cli(["--outdir", str(tmp_path / "frozen"), *args], capsys)
     assert code == 0, err
     assert out.count("none of G's") == 2 and "G is not learning" in out
+    assert out.count("none of G_ema's") == 2          # G_ema follows a frozen G
     stats = [json.loads(s) for s in (only_run_dir(tmp_path / "frozen") / "stats.jsonl").read_text().splitlines()]
     assert [s["Progress/G_frozen"]["mean"] for s in stats] == [1.0, 1.0]
+    assert [s["Progress/G_ema_frozen"]["mean"] for s in stats] == [1.0, 1.0]

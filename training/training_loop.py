@@ -115,7 +115,8 @@ def setup_run(cfg: TrainConfig, run_dir: Path, device: torch.device, rank: int =
     if resume is not None:
         restore_state(run, resume)
     run.tick_start_nimg = run.cur_nimg
-    run.g_fingerprint = param_fingerprint(run.G)   # the frozen-G check at each tick's end (maintenance)
+    run.g_fingerprint = param_fingerprint(run.G)   # the frozen-G checks at each tick's end (maintenance)
+    run.g_ema_fingerprint = param_fingerprint(run.G_ema)
     from training.dataset import InfiniteSampler, iterate_reals
     from training.fast_step import wrap_step_for_speed
     start = run.batch_idx * cfg.batch_gpu   # resume: skip what this rank's index stream already delivered
@@ -316,14 +317,15 @@ def param_fingerprint(module: torch.nn.Module) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(params)) if params else torch.zeros([0])
 
 
-def frozen_g_warning(before: torch.Tensor | None, after: torch.Tensor, steps: int) -> str | None:
-    """One line when none of G's parameters moved during a tick of `steps` > 0 optimiser steps, else None."""
+def frozen_g_warning(before: torch.Tensor | None, after: torch.Tensor, steps: int, name: str = "G") -> str | None:
+    """One line when none of `name`'s parameters (G or G_ema) moved during a tick of `steps` > 0 optimiser steps."""
     if before is None or steps <= 0 or before.shape != after.shape or not torch.equal(before, after):
         return None
-    return (f"Warning: none of G's {after.numel()} parameter tensors changed during this tick ({steps} steps): G is "
-            f"not learning (zero gradients or skipped optimiser steps; FID stays at its first value). This is a bug "
-            f"or a broken GPU setup, not a training dynamic: stop the run and check it with `python "
-            f"bench/train_speed.py --sections gates` (gate g_learns).")
+    why = "zero gradients or skipped optimiser steps" if name == "G" else "its EMA update does not run"
+    return (f"Warning: none of {name}'s {after.numel()} parameter tensors changed during this tick ({steps} steps): "
+            f"{name} is not learning ({why}; FID stays at its first value). This is a bug or a broken GPU setup, "
+            f"not a training dynamic: stop the run and check it with `python bench/train_speed.py --sections gates` "
+            f"(gate g_learns).")
 
 
 def maintenance(run: EasyDict, done: bool) -> None:
@@ -338,14 +340,16 @@ def maintenance(run: EasyDict, done: bool) -> None:
     extra = {"Progress/tick": run.cur_tick, "Progress/kimg": run.cur_nimg / 1000, "Progress/bad_steps": bad_total,
              "Timing/sec_per_tick": tick_sec, "Timing/sec_per_kimg": tick_sec * 1000 / max(run.cur_nimg -
              run.tick_start_nimg, 1), "Timing/maintenance_sec": run.maint_sec, "Resources/peak_gpu_mem_gb": peak_gb}
-    g_now = param_fingerprint(run.G)
     steps = (run.cur_nimg - run.tick_start_nimg) // max(run.cfg.batch, 1)
-    frozen = frozen_g_warning(run.get("g_fingerprint"), g_now, steps)
-    run.g_fingerprint = g_now
-    extra["Progress/G_frozen"] = float(frozen is not None)
+    frozen = []
+    for name, key in (("G", "g_fingerprint"), ("G_ema", "g_ema_fingerprint")):
+        now = param_fingerprint(run[name])
+        frozen.append(frozen_g_warning(run.get(key), now, steps, name))
+        run[key] = now
+        extra[f"Progress/{name}_frozen"] = float(frozen[-1] is not None)
     if run.rank == 0:
         print(status_line(run, stats, tick_sec, run.maint_sec, peak_gb), flush=True)
-        for warning in (divergence_warning(stats), frozen):
+        for warning in (divergence_warning(stats), *frozen):
             if warning:
                 print(warning, flush=True)
     snap_due = done or (run.cfg.snap > 0 and run.cur_tick % run.cfg.snap == 0)
