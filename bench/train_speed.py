@@ -201,6 +201,16 @@ def gate_compiled_g(presets: str, device) -> dict:
     return res
 
 
+def train_steps(step: TrainStep, cfg, device, data, steps: int, graphed: bool) -> None:
+    """`steps` training steps of `step` on the first images of `data` in order (eager or CUDA-graphed), synced."""
+    cache = DeviceImageCache(data, device)
+    wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache, enabled=graphed)
+    idx = torch.arange(steps * cfg.batch, device=device).view(steps, cfg.batch) % len(data)
+    for i in range(steps):
+        wrapped(idx[i], i)
+    torch.cuda.synchronize()
+
+
 def gate_graph(presets: str, device, data, steps: int = 50) -> dict:
     """Eager steps vs graphed steps from identical state and RNG (fp32): max relative G/D parameter difference."""
     finals = []
@@ -210,12 +220,7 @@ def gate_graph(presets: str, device, data, steps: int = 50) -> dict:
         torch.backends.cudnn.deterministic = True
         nets, step = make_step(cfg, device)
         torch.backends.cudnn.benchmark = False
-        cache = DeviceImageCache(data, device)
-        wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache, enabled=graphed)
-        idx = torch.arange(steps * cfg.batch, device=device).view(steps, cfg.batch) % len(data)
-        for i in range(steps):
-            wrapped(idx[i], i)
-        torch.cuda.synchronize()
+        train_steps(step, cfg, device, data, steps, graphed)
         finals.append([p.detach().clone() for p in list(nets.G.parameters()) + list(nets.D.parameters())])
     torch.backends.cudnn.deterministic = False
     diff = max(((a - b).norm() / (b.norm() + 1e-12)).item() for a, b in zip(*finals))
@@ -235,12 +240,7 @@ def gate_g_learns(presets: str, device, data, steps: int = 60) -> dict:
         cfg = make_cfg(presets, prec, extra=extra)
         nets, step = make_step(cfg, device)
         start = [p.detach().clone() for p in nets.G.parameters()]
-        cache = DeviceImageCache(data, device)
-        wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache, enabled=graphed)
-        idx = torch.arange(steps * cfg.batch, device=device).view(steps, cfg.batch) % len(data)
-        for i in range(steps):
-            wrapped(idx[i], i)
-        torch.cuda.synchronize()
+        train_steps(step, cfg, device, data, steps, graphed)
         moved = [((p.detach() - q).norm() / (q.norm() + 1e-12)).item() for p, q in zip(nets.G.parameters(), start)]
         num = sum(((p.detach() - q).norm() ** 2).item() for p, q in zip(nets.G.parameters(), start)) ** 0.5
         den = sum((q.norm() ** 2).item() for q in start) ** 0.5

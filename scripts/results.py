@@ -508,9 +508,10 @@ def _ablation_section(results: list[RunResult], study: dict) -> list[str]:
     seeds = ablation_seeds(study)
     for seed in seeds:
         runs = [r for r in results if r.run.family == fam and r.run.seed == seed]
+        table = _table(header, ablation_rows(results, study, seed))
         lines += ([f"## Ablations ({fam}, seed {seed}, {k} kimg)", "",
                    "Delta = FID-1k of the ablation minus the same-seed baseline's (positive = worse). Read it against "
-                   "the seed spread and the noise floors below.", ""] + _table(header, ablation_rows(results, study, seed))
+                   "the seed spread and the noise floors below.", ""] + table
                   + ["", "FID-1k by kimg:", ""] + (curve_table(runs, study, keys=(FID,)) if any(
                       r.status != "not run" for r in runs) else ["not run."]) + [""])
     if len(seeds) > 1:
