@@ -300,22 +300,25 @@ def test_frozen_g_warning_unit():
 
 
 def test_training_warns_when_g_does_not_learn(tiny_data, tmp_path, capsys, monkeypatch):
-    """A G whose optimiser never moves it (lr 0, as a broken backward would leave it) is named at every tick, and
-    stats.jsonl records it; a normal run has Progress/G_frozen 0."""
+    """A G whose optimiser never moves it (lr 0, as a broken backward would leave it) is named at every tick and
+    stats.jsonl records it (max_frozen_ticks=0), or the run stops with a clear error after max_frozen_ticks ticks;
+    a normal run has Progress/G_frozen 0."""
     from training import phases
     real = phases.make_optimizer
     calls = []
 
     def g_frozen(params, lr, *args, **kwargs):
         calls.append(lr)
-        return real(params, 0.0 if len(calls) == 1 else lr, *args, **kwargs)   # the first optimiser is G's
+        return real(params, 0.0 if len(calls) % 2 else lr, *args, **kwargs)   # each step makes G's, then D's
     args = [*SMOKE, "--data", tiny_data, "--kimg", "0.016", "--set", "kimg_per_tick=0.008"]
     assert cli(["--outdir", str(tmp_path / "ok"), *args], capsys)[0] == 0
     stats = [json.loads(s) for s in (only_run_dir(tmp_path / "ok") / "stats.jsonl").read_text().splitlines()]
     assert [s["Progress/G_frozen"]["mean"] for s in stats] == [0.0, 0.0]
     assert [s["Progress/G_ema_frozen"]["mean"] for s in stats] == [0.0, 0.0]
     monkeypatch.setattr(phases, "make_optimizer", g_frozen)
-    code, out, err = cli(["--outdir", str(tmp_path / "frozen"), *args], capsys)
+    code, out, err = cli(["--outdir", str(tmp_path / "stop"), *args, "--set", "max_frozen_ticks=1"], capsys)
+    assert code == 1 and "G did not change in 1 consecutive ticks" in err and "Traceback" not in err
+    code, out, err = cli(["--outdir", str(tmp_path / "frozen"), *args, "--set", "max_frozen_ticks=0"], capsys)
     assert code == 0, err
     assert out.count("none of G's") == 2 and "G is not learning" in out
     assert out.count("none of G_ema's") == 2          # G_ema follows a frozen G

@@ -93,6 +93,7 @@ class TrainConfig:
     ema_kimg: float = 20.0               # EMA half-life
     ema_rampup: float = 0.05             # EMA half-life ramps up as ema_rampup * cur_nimg (0 = off)
     max_bad_steps: int = 100             # abort after this many consecutive steps with non-finite gradients
+    max_frozen_ticks: int = 2            # abort after this many consecutive ticks in which G did not change (0: never)
     loss_scale_init: float = 32768.0     # fp16 only: initial dynamic loss scale
     loss_scale_growth_interval: int = 1000
     # Logging, snapshots, metrics.
@@ -128,7 +129,7 @@ class TrainConfig:
             need(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
         for name in ("kimg", "kimg_per_tick", "g_lr", "d_lr", "eps", "ema_kimg", "ada_kimg", "loss_scale_init"):
             need(getattr(self, name) > 0, f"{name} must be > 0 (got {getattr(self, name)}).")
-        for name in ("seed", "workers", "snap", "image_snap", "r1_gamma", "ema_rampup", "perturb", "raw_noise_std"):
+        for name in ("seed", "workers", "snap", "image_snap", "max_frozen_ticks", "r1_gamma", "ema_rampup", "perturb", "raw_noise_std"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0 (got {getattr(self, name)}).")
         need(0.0 <= self.p <= 1.0, f"p must be in [0, 1] (got {self.p}).")
         need(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "beta1 and beta2 must be in [0, 1).")

@@ -362,6 +362,13 @@ def maintenance(run: EasyDict, done: bool) -> None:
             extra.update(run_metrics(run))
     if run.rank == 0:
         write_stats(run, stats, extra)
+    run.frozen_ticks = run.get("frozen_ticks", 0) + 1 if frozen[0] else 0
+    if 0 < run.cfg.max_frozen_ticks <= run.frozen_ticks:   # every rank sees the same G: all stop here together
+        raise TrainingDiverged(
+            f"Training stopped: G did not change in {run.frozen_ticks} consecutive ticks (max_frozen_ticks = "
+            f"{run.cfg.max_frozen_ticks}) at kimg {run.cur_nimg / 1000:.3f}, so more steps would not train it. This "
+            f"is a bug or a broken GPU setup: check `python bench/train_speed.py --sections gates` (gate g_learns), "
+            f"or try --precision fp32. --set max_frozen_ticks=0 trains on regardless.")
     dist_utils.barrier()
     run.tick_start_nimg = run.cur_nimg
     run.tick_start_time = time.time()
