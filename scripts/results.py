@@ -333,7 +333,7 @@ def ablation_rows(results: list[RunResult], study: dict, seed: int | None = None
     b = base.at(study["kimg"]) if base is not None else None
     deltas = ablation_deltas(results, study, seed)
     rows = []
-    for r in results:
+    for r in sorted(results, key=lambda res: res is not base):     # the baseline's row first, then the plan's order
         if r.run.family != fam or r.run.seed != seed or (r.run.variant == "baseline" and r is not base):
             continue
         if r.status == "not run":

@@ -431,6 +431,8 @@ def test_report_ablations_over_seeds_and_study_merge(tmp_path):
     seed1, over = rest.split("## Ablations over seeds 0, 1 (cars, 200 kimg)")
     assert "## Ablations (cars, seed 0, 200 kimg)" in seed0 and _row(seed0, "ns8")[3] == "+10.00"
     assert _row(seed1, "ns8")[2:5] == ["70.00", "-10.00", "-12.5"] and _row(seed1, "noaug")[3] == "+15.00"
+    rows = [ln.split("|")[1].strip() for ln in seed1.splitlines() if ln.startswith("| ") and "`cars" in ln]
+    assert rows[:3] == ["baseline", "ns8", "noaug"]                 # the baseline's row first
     assert _row(over, "ns8")[1:] == ["+10.00", "-10.00", "+0.00", "2", "1 of 2"]
     assert _row(over, "noaug")[1:] == ["-", "+15.00", "+15.00", "1", "1 of 1"]   # s0 not run: the mean of one
     assert "ablations ns8, noaug on cars at seeds 0, 1" in md
