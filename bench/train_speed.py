@@ -241,10 +241,10 @@ def gate_g_learns(presets: str, device, data, steps: int = 60) -> dict:
         nets, step = make_step(cfg, device)
         start = [p.detach().clone() for p in nets.G.parameters()]
         train_steps(step, cfg, device, data, steps, graphed)
-        moved = [((p.detach() - q).norm() / (q.norm() + 1e-12)).item() for p, q in zip(nets.G.parameters(), start)]
-        num = sum(((p.detach() - q).norm() ** 2).item() for p, q in zip(nets.G.parameters(), start)) ** 0.5
-        den = sum((q.norm() ** 2).item() for q in start) ** 0.5
-        rows[name] = {"precision": step.precision, "graphed": graphed, "rel_change": num / den,
+        moved = [(p.detach() - q).norm().item() for p, q in zip(nets.G.parameters(), start)]   # per tensor
+        den = sum(q.norm().item() ** 2 for q in start) ** 0.5
+        rows[name] = {"precision": step.precision, "graphed": graphed,
+                      "rel_change": sum(m ** 2 for m in moved) ** 0.5 / den,
                       "unchanged_tensors": sum(m == 0.0 for m in moved), "tensors": len(moved)}
     ratio = rows["default"]["rel_change"] / max(rows["eager_fp32"]["rel_change"], 1e-30)
     ok = rows["default"]["unchanged_tensors"] == 0 and rows["eager_fp32"]["unchanged_tensors"] == 0 \

@@ -352,7 +352,7 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
     keys = ("kimg", "snap_kimg", "count", "resolution", "smoke", "detector", "ablation_family", "spread_family",
             "train_set")
     study = {k: opts[k] for k in keys} | {k: list(opts[k]) for k in ("families", "ablations", "seeds")}
-    study["ablation_seeds"] = list(opts.get("ablation_seeds") or opts["seeds"][:1])
+    study["ablation_seeds"] = results.ablation_seeds(opts)
     if path.is_file():
         old = {"train_set": [], **json.loads(path.read_text(encoding="utf-8"))}   # studies from before --set
         clash = [k for k in ("count", "resolution", "smoke", "snap_kimg", "train_set")
@@ -361,7 +361,7 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
             raise UserError(f"'{outdir}' holds a study with other {', '.join(clash)} "
                             f"({', '.join(f'{k}={old[k]}' for k in clash)}); use a new --outdir for a different "
                             f"study, or the same values to continue it.")
-        old.setdefault("ablation_seeds", old.get("seeds", [])[:1])   # study.json from before --ablation-seeds
+        old["ablation_seeds"] = results.ablation_seeds(old)            # study.json from before --ablation-seeds
         for k in ("families", "ablations", "seeds", "ablation_seeds"):
             study[k] = list(dict.fromkeys(old.get(k, []) + study[k]))
     util.atomic_write_text(path, json.dumps(study, indent=2) + "\n")

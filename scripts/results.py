@@ -71,9 +71,10 @@ def plan_runs(families: list[str], ablations: list[str], seeds: list[int], ablat
     a_seeds = list(dict.fromkeys(ablation_seeds or [s0]))
     runs += [ablation(a, s0) for a in ablations if s0 in a_seeds]
     runs += [base(spread_family, s) for s in seeds[1:]]
-    for s in (s for s in a_seeds if ablations):
-        runs += [ablation(a, s) for a in ablations] if s != s0 else []
-        if all(r.name != base(ablation_family, s).name for r in runs):
+    for s in a_seeds if ablations else []:
+        if s != s0:
+            runs += [ablation(a, s) for a in ablations]
+        if base(ablation_family, s) not in runs:        # each ablation seed's baseline, planned once
             runs.append(base(ablation_family, s))
     return runs
 

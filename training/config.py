@@ -129,7 +129,8 @@ class TrainConfig:
             need(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
         for name in ("kimg", "kimg_per_tick", "g_lr", "d_lr", "eps", "ema_kimg", "ada_kimg", "loss_scale_init"):
             need(getattr(self, name) > 0, f"{name} must be > 0 (got {getattr(self, name)}).")
-        for name in ("seed", "workers", "snap", "image_snap", "max_frozen_ticks", "r1_gamma", "ema_rampup", "perturb", "raw_noise_std"):
+        for name in ("seed", "workers", "snap", "image_snap", "max_frozen_ticks", "r1_gamma", "ema_rampup", "perturb",
+                     "raw_noise_std"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0 (got {getattr(self, name)}).")
         need(0.0 <= self.p <= 1.0, f"p must be in [0, 1] (got {self.p}).")
         need(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "beta1 and beta2 must be in [0, 1).")
