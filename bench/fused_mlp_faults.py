@@ -4,13 +4,15 @@
     python bench/fused_mlp_faults.py --sanitize        # the same under compute-sanitizer memcheck (first report kept)
     python bench/fused_mlp_faults.py --only 64,4,1,2   # one launch: BLOCK_N, num_warps, pipeline (0/1), num_stages
 
-Sessions 5 and 6 saw the default launch (BLOCK_N 64, 4 warps, pipelined, 2 stages) fault on H200 machines with an
-out-of-bounds shared-memory read in a hidden layer's `tl.dot` (docs/PERFORMANCE.md). A fault leaves a process's CUDA
+Sessions 5 and 6 saw the launch that was then the default (BLOCK_N 64, 4 warps, pipelined, 2 stages) fault on H200
+machines with an out-of-bounds shared-memory read in a hidden layer's `tl.dot` (docs/PERFORMANCE.md); session 7's
+table made 64 points on 8 warps the default (docs/bench/bench-h200-2026-12-01-s7.json). A fault leaves a process's CUDA
 context unusable, so every launch runs in a fresh child on small shapes (2 objects, 77 and 1,000 points; 4 layers;
 8 layers with the skip; fp16 and bf16) against `reference_evaluate` with the same rounding. Each row prints ok (with
 the worst relative L2 error), mismatch, or the child's last error line. The last line names the launches that passed
 and is also written as JSON with --out. Never part of the test suite; under TRITON_INTERPRET=1 it runs on the CPU
-(slowly; the interpreter cannot fault like a GPU, so a CPU run only checks the script).
+(slowly; the interpreter cannot fault like a GPU, so a CPU run only checks the script; pass --dtypes float16
+there: triton 3.6's interpreter gets bf16 dots wrong, rel L2 ~1e11 for every launch).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "FAULTS_ROW"
 
-# BLOCK_N, num_warps, pipeline, num_stages: the default first, then one change at a time, then the plainest launch.
+# BLOCK_N, num_warps, pipeline, num_stages: the former default first, then one change at a time, then the plainest launch.
 LAUNCHES = [(64, 4, True, 2), (64, 4, True, 1), (64, 4, False, 1), (64, 8, True, 2), (32, 4, True, 2),
             (128, 8, True, 2), (128, 4, False, 1), (32, 4, False, 1), (16, 4, False, 1)]
 
@@ -71,7 +73,9 @@ def run_launch(launch: tuple[int, int, bool, int], dtypes: str, sanitize: bool, 
         return row | dict(result=out[-1][1], detail=f"rel L2 {out[-1][2]}")
     lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
     report = [ln for ln in lines if "Invalid" in ln or "out of bounds" in ln or " at " in ln and "fused" in ln]
-    return row | dict(result=f"failed ({proc.returncode})", detail=" | ".join(report[:3]) or (lines[-1:] or [""])[0])
+    errors = [ln for ln in lines if "Error" in ln or "error:" in ln]   # torch's last line is a generic hint
+    return row | dict(result=f"failed ({proc.returncode})",
+                      detail=" | ".join(report[:3]) or (errors[-1:] or lines[-1:] or [""])[0])
 
 
 def parse_launch(spec: str) -> tuple[int, int, bool, int]:

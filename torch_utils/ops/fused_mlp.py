@@ -425,11 +425,14 @@ def default_launch(device: torch.device) -> dict:
     plain hidden layers, whose weight tiles Triton then prefetches with cp.async into a num_stages-deep shared-memory
     ring; else every layer unrolled with synchronous loads) and num_stages.
 
-    Chosen from ptxas reports (no spills), not yet from timings: on sm_90, 64 / 4 warps / pipelined uses ~150
-    registers and ~80 KB of shared memory, so two programs share an SM (one's encoding overlaps the other's MMAs);
-    128 / 8 warps fits only one. `bench/micro_fused_mlp.py --sweep` times the alternatives.
+    Chosen from measurements on sm_90 (session 7, one H200, driver 580.159.04, triton 3.6.0,
+    docs/bench/bench-h200-2026-12-01-s7.json). `bench/fused_mlp_faults.py`: every launch with 64 points on 4 warps
+    (pipelined or not, 1 or 2 stages) and 128 on 8 warps reads shared memory out of bounds in a hidden layer's
+    `tl.dot` there; 64 on 8 warps and 32 or 16 on 4 warps are correct. Of those, 64 on 8 warps renders fastest: 2,381
+    T4-setting images/s against 1,932 for 32 on 4 warps (`bench/train_speed.py --sections render`, batch 64). The self
+    check (`available()`) still guards every new machine and falls back to the torch MLP.
     """
-    return dict(block_n=64, num_warps=4, pipeline=True, num_stages=2)
+    return dict(block_n=64, num_warps=8, pipeline=True, num_stages=2)
 
 
 def fused_evaluate(weights: LayerWeights | PackedMLP, pts: torch.Tensor, num_layers: int, multires: int,
