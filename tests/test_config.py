@@ -98,3 +98,10 @@ def test_round_trip_and_kwargs():
         TrainConfig.from_dict({**d, "bogus": 1})
     with pytest.raises(UserError, match="must be of type int"):
         TrainConfig(batch=4.5)
+
+
+def test_run_directory_description_names_random_scale_windows():
+    assert resolve_config("chairs,t4").desc(["chairs", "t4"]) == "chairs-t4-synth_chairs-b4-fixed"
+    rs = resolve_config("cars,t4", ["patch_max_spacing=4.096"])
+    assert rs.desc(["cars", "t4"]) == "cars-t4-synth_cars-b4-fixed-rs4.096"
+    assert resolve_config("noaug").desc(["noaug"]).endswith("-b4-noaug")

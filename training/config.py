@@ -200,10 +200,12 @@ class TrainConfig:
         return dict(mode=self.aug, patch_size=self.patch_size, p=p, max_spacing=self.patch_max_spacing)
 
     def desc(self, cfg_names: list[str]) -> str:
-        """Short run-directory description, e.g. 'chairs-t4-synth_chairs-b4-fixed'."""
+        """Short run-directory description, e.g. 'chairs-t4-synth_chairs-b4-fixed' (with '-rs4.096' for random-scale
+        windows, which change what D sees and so belong in the name)."""
         data = self.data.replace("synth:", "synth_").split(":")[0]
         data = Path(data).stem if not data.startswith("synth_") else data
-        parts = [*cfg_names, data, f"b{self.batch}", self.aug]
+        rs = f"rs{self.patch_max_spacing:g}" if self.patch_max_spacing > 1 else ""
+        parts = [*cfg_names, data, f"b{self.batch}", self.aug, rs]
         return "-".join(p for p in parts if p).replace("/", "_")
 
 
