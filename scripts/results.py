@@ -573,19 +573,36 @@ def copy_figures(outdir: Path, dest_dir: Path, families: list[str]) -> dict[str,
 
 
 def _figure_section(plot: str | None, figures: dict[str, dict[str, str]], study: dict,
-                    plot_above: bool = False) -> list[str]:
-    """plot_above: a later study of a combined report, whose runs are in the first study's plot."""
+                    plot_above: bool = False, elsewhere: dict[str, dict[str, int]] | None = None) -> list[str]:
+    """plot_above: a later study of a combined report, whose runs are in the first study's plot.
+    elsewhere: {family: {kind: study number}} of the combined report's studies that have a figure this one lacks."""
     lines = ["## Figures", ""]
     lines += ["FID-1k vs kimg: this study's runs are in the plot of Study 1 (one plot for every study)." if plot_above
               else f"![FID-1k vs kimg, one line per run]({plot})" if plot else
               "FID-1k vs kimg: no plot yet (no run has FID-1k records).", ""]
+    names = {"sheet": "contact sheet", "interp": "interpolation"}
+
+    def cell(fam: str, kind: str) -> str:
+        if kind in figures.get(fam, {}):
+            return f"{names[kind]} ![{fam} {'sheet' if kind == 'sheet' else 'interpolation'}]({figures[fam][kind]})"
+        other = (elsewhere or {}).get(fam, {}).get(kind)
+        return f"{names[kind]}: not run here (Study {other} has one)" if other else f"{names[kind]}: not run"
     for fam in study["families"]:
-        figs = figures.get(fam, {})
         lines += [f"**{fam}** (last snapshot of the seed-{study['seeds'][0]} baseline, pose 30,30): "
-                  + (f"contact sheet ![{fam} sheet]({figs['sheet']})" if "sheet" in figs else "contact sheet: not run")
-                  + "; " + (f"interpolation ![{fam} interpolation]({figs['interp']})" if "interp" in figs
-                            else "interpolation: not run"), ""]
+                  + cell(fam, "sheet") + "; " + cell(fam, "interp"), ""]
     return lines
+
+
+def _figures_elsewhere(all_figures: list[dict[str, dict[str, str]]], index: int) -> dict[str, dict[str, int]]:
+    """For study `index` (0-based) of a combined report: {family: {kind: number of the first other study with it}}."""
+    found: dict[str, dict[str, int]] = {}
+    for j, figs in enumerate(all_figures):
+        if j == index:
+            continue
+        for fam, kinds in figs.items():
+            for kind in kinds:
+                found.setdefault(fam, {}).setdefault(kind, j + 1)
+    return found
 
 
 def _commands_section(outdir: Path) -> list[str]:
@@ -627,7 +644,8 @@ def _series_label(name: str, study: dict, several: bool) -> str:
 
 
 def _study_sections(outdir: Path, study: dict, results: list[RunResult], figures: dict, plot: str | None,
-                    cpu: dict | None, index: int | None, full_plan: bool, plot_above: bool = False) -> list[str]:
+                    cpu: dict | None, index: int | None, full_plan: bool, plot_above: bool = False,
+                    elsewhere: dict | None = None) -> list[str]:
     """One study's part of the report; index = its number when the report combines several (None: only one)."""
     head = _header(study, results, outdir, full_plan)
     if index is not None:   # the shared title comes first; this study gets its own heading
@@ -635,7 +653,7 @@ def _study_sections(outdir: Path, study: dict, results: list[RunResult], figures
     return (head + _summary_section(results, study, outdir) + _discussion_section(outdir)
             + _ablation_section(results, study) + _spread_section(results, study)
             + _floor_section(read_floors(outdir), cpu)
-            + _figure_section(plot, figures, study, plot_above)
+            + _figure_section(plot, figures, study, plot_above, elsewhere)
             + _commands_section(outdir))
 
 
@@ -681,11 +699,12 @@ def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | N
                   + (f", trained with `{' '.join('--set ' + kv for kv in st['train_set'])}`"
                      if st.get("train_set") else ", the presets' own options")
                   for i, (d, st) in enumerate(zip(outdirs, studies), 1)] + [""]
+    all_figures = [copy_figures(d, out.parent / ("results" if i == 0 else f"results-{d.name}"), st["families"])
+                   for i, (d, st) in enumerate(zip(outdirs, studies))]
     for i, (d, st, res) in enumerate(zip(outdirs, studies, per)):
-        fig_dir = out.parent / ("results" if i == 0 else f"results-{d.name}")
-        figures = copy_figures(d, fig_dir, st["families"])
-        lines += _study_sections(d, st, res, figures, plot if i == 0 else None, cpu if i == 0 else None,
-                                 i + 1 if several else None, full_plan and i == 0, plot_above=i > 0 and bool(plot))
+        lines += _study_sections(d, st, res, all_figures[i], plot if i == 0 else None, cpu if i == 0 else None,
+                                 i + 1 if several else None, full_plan and i == 0, plot_above=i > 0 and bool(plot),
+                                 elsewhere=_figures_elsewhere(all_figures, i) if several else None)
     util.atomic_write_text(out, "\n".join(lines).rstrip() + "\n")
     return out
 

@@ -379,6 +379,8 @@ def test_report_combines_studies_and_lists_nothing_twice(tmp_path):
     assert _row(study2, "noaug")[2:5] == ["45.00", "+5.00", "+12.5"]
     assert "with `--set d_lr=0.001`" in study2 and "in the plot of Study 1" in study2
     assert "![cars sheet](results-second/cars_sheet.png)" in study2
+    assert "contact sheet: not run here (Study 2 has one)" in study1   # pointed to, not silently missing
+    assert "interpolation: not run;" not in study1 and "interpolation: not run\n" in study1   # nowhere: plain
     assert (tmp_path / "docs" / "results-second" / "cars_sheet.png").is_file()
     assert results._series_label("cars-baseline-s0", {"train_set": ["d_lr=0.001"]}, True) == \
         "cars-baseline-s0 d_lr=0.001"
