@@ -79,9 +79,12 @@ def run_launch(launch: tuple[int, int, bool, int], dtypes: str, sanitize: bool, 
 
 
 def parse_launch(spec: str) -> tuple[int, int, bool, int]:
-    parts = [int(v) for v in spec.split(",")]
+    try:
+        parts = [int(v) for v in spec.split(",")]
+    except ValueError:
+        parts = []
     if len(parts) != 4:
-        raise SystemExit(f"--only wants BLOCK_N,num_warps,pipeline,num_stages (e.g. 64,4,1,2), got {spec!r}")
+        raise SystemExit(f"a launch is BLOCK_N,num_warps,pipeline,num_stages (e.g. 64,8,1,2), got {spec!r}")
     return parts[0], parts[1], bool(parts[2]), parts[3]
 
 

@@ -2,6 +2,8 @@
 
     python bench/micro_fused_mlp.py                      # CUDA only: 64 objects, 128x128 rays, 32 samples
     python bench/micro_fused_mlp.py --sweep              # + other (BLOCK_N, num_warps, pipeline, stages) launches
+    python bench/micro_fused_mlp.py --sweep --launches 64,8,1,2/32,4,1,2   # only these (e.g. the ones that
+                                                         # bench/fused_mlp_faults.py passed on this GPU)
     python bench/micro_fused_mlp.py --render             # + whole G.synthesis renders with the kernel patched in
     python bench/micro_fused_mlp.py --objects 8 --res 64 # quick look
 
@@ -13,7 +15,9 @@ For each depth (4 layers, and 8 layers with the skip) and dtype (bf16, fp16) it 
     (weights packed once, and packed again for every chunk as a naive integration would), as ms, points/s and the
     implied images/s of the MLP alone (median of --reps timed runs after warm-up, CUDA events).
 Points are real ray samples (pose prior, near 3 / far 5), so the encoding sees the renderer's value range.
-Never part of the test suite.
+The sweep runs in this process: a launch that faults (sessions 5-7 saw 64 points on 4 warps read shared memory out of
+bounds on H200s) leaves the CUDA context unusable and every later row fails, so on a new machine run
+bench/fused_mlp_faults.py first and pass the launches it passed with --launches. Never part of the test suite.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from torch_utils.ops import fused_mlp as fm  # noqa: E402
 from training.networks.nerf import NeRFMLP  # noqa: E402
 from training.rendering.camera import get_rays, sample_poses  # noqa: E402
 from training.rendering.volume import linear_depths  # noqa: E402
+from fused_mlp_faults import parse_launch  # noqa: E402  (bench/ is on sys.path when this file runs)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # (BLOCK_N, num_warps, pipeline, num_stages) tried by --sweep.
@@ -136,7 +141,7 @@ def bench_mlp(args, device, num_layers: int) -> None:
 
         if args.sweep:
             print(f"    sweep (one launch over all points; default {fm.default_launch(device)}):")
-            for block_n, num_warps, pipeline, num_stages in SWEEP:
+            for block_n, num_warps, pipeline, num_stages in args.launches:
                 label = f"BN={block_n:3d} warps={num_warps} pipe={int(pipeline)} stages={num_stages}"
                 launch = dict(block_n=block_n, num_warps=num_warps, pipeline=pipeline, num_stages=num_stages)
 
@@ -209,8 +214,11 @@ def main() -> None:
     p.add_argument("--dtypes", default="bf16,fp16")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--sweep", action="store_true", help="time the launch configurations in SWEEP")
+    p.add_argument("--launches", default=None, help="with --sweep: '/'-separated BLOCK_N,num_warps,pipeline,stages "
+                   "launches to time instead of SWEEP, e.g. 64,8,1,2/32,4,1,2")
     p.add_argument("--render", action="store_true", help="also time whole renders with the kernel patched in")
     args = p.parse_args()
+    args.launches = [parse_launch(v) for v in args.launches.split("/")] if args.launches else SWEEP
     if not torch.cuda.is_available():
         sys.exit("micro_fused_mlp.py needs a CUDA GPU")
     device = torch.device("cuda")
