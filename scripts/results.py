@@ -28,6 +28,8 @@ FAMILIES = ("carla", "cars", "planes", "chairs")
 ABLATIONS = ("ns8", "patch8", "noaug", "gamma05")
 METRICS = ("fid1k_full", "pr1k3_full")
 FID, PREC, REC = "fid1k_full", "pr1k3_full_precision", "pr1k3_full_recall"
+# The seed study's FID-1k at 0 and 200 kimg (T4, real CARLA / ShapeNet renders): the numbers to reproduce.
+SEED_STUDY = {"carla": (339.9, 155.4), "cars": (341.3, 136.2), "planes": (294.8, 182.8), "chairs": (296.8, 169.2)}
 DEFAULT_STUDY = dict(families=list(FAMILIES), ablations=list(ABLATIONS), seeds=[0, 1], kimg=200.0, snap_kimg=50.0,
                      count=10000, resolution=128, ablation_family="cars", spread_family="cars", smoke=False,
                      detector=None, batch=4, train_set=[])
@@ -499,6 +501,44 @@ def _summary_section(results: list[RunResult], study: dict, outdir: Path) -> lis
     return lines
 
 
+def headline_rows(outdirs: list[Path], studies: list[dict], per: list[list[RunResult]]) -> list[list[str]]:
+    """Per family: the seed study's numbers, then the baseline run with the largest FID-1k improvement to its study's
+    last kimg over every combined study (which study, seed and --set options), and how many baselines reached it."""
+    rows = []
+    for fam in FAMILIES:
+        best, count = None, 0
+        for i, (st, res) in enumerate(zip(studies, per)):
+            for r in res:
+                if r.run.family != fam or r.run.variant != "baseline" or r.status != "done":
+                    continue
+                gain = improvement_pct(r.at(0.0), r.at(st["kimg"]))
+                if gain is None:
+                    continue
+                count += 1
+                if best is None or gain > best[0]:
+                    best = (gain, i, r, st)
+        s0, s1 = SEED_STUDY[fam]
+        seed = f"{s0:.1f} -> {s1:.1f} ({improvement_pct(s0, s1):.1f} %)"
+        if best is None:
+            rows.append([fam, seed, "not run", "-", "-", "-", "0"])
+            continue
+        gain, i, r, st = best
+        opts = " ".join(f"`--set {kv}`" for kv in st.get("train_set") or []) or "the presets' own"
+        rows.append([fam, seed, f"Study {i + 1} (`{outdirs[i].as_posix()}`), {r.run.name}", opts,
+                     f"{_f(r.at(0.0))} -> {_f(r.at(st['kimg']))}", f"{gain:.1f} %", str(count)])
+    return rows
+
+
+def _headline_section(outdirs: list[Path], studies: list[dict], per: list[list[RunResult]]) -> list[str]:
+    return (["## Headline: the best baseline of each family over these studies", "",
+             "The baseline run with the largest FID-1k improvement from 0 kimg to its study's last kimg, against the "
+             "seed study's (real data; ours are the synthetic families). A run is counted only when it finished. "
+             "The studies differ in their training options, so read each number with its study's tables and "
+             "discussion below.", ""]
+            + _table(["family", "seed study: 0 -> 200 kimg", "best run here", "options", "FID-1k 0 -> end",
+                      "improvement", "baselines finished"], headline_rows(outdirs, studies, per)) + [""])
+
+
 def _ablation_section(results: list[RunResult], study: dict) -> list[str]:
     if not study["ablations"]:
         return []
@@ -699,6 +739,7 @@ def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | N
                   + (f", trained with `{' '.join('--set ' + kv for kv in st['train_set'])}`"
                      if st.get("train_set") else ", the presets' own options")
                   for i, (d, st) in enumerate(zip(outdirs, studies), 1)] + [""]
+        lines += _headline_section(outdirs, studies, per)
     all_figures = [copy_figures(d, out.parent / ("results" if i == 0 else f"results-{d.name}"), st["families"])
                    for i, (d, st) in enumerate(zip(outdirs, studies))]
     for i, (d, st, res) in enumerate(zip(outdirs, studies, per)):

@@ -366,11 +366,17 @@ def test_report_combines_studies_and_lists_nothing_twice(tmp_path):
     (second / "figures").mkdir(parents=True)
     (second / "study.json").write_text(json.dumps(dict(families=["cars"], ablations=["noaug"], seeds=[0],
                                                        train_set=["d_lr=0.001"])))
+    _records(second / "runs" / "cars-baseline-s0" / "start" / "00000-c", {0.004: (400.0, 0.0, 0.0)})
     _records(second / "runs" / "cars-baseline-s0" / "train" / "00000-c", {200.0: (40.0, 0.5, 0.3)})
     _records(second / "runs" / "cars-noaug-s0" / "train" / "00000-d", {200.0: (45.0, 0.5, 0.1)})
     PIL.Image.new("RGB", (8, 8)).save(second / "figures" / "cars_sheet.png")
     md = results.build_report(first, tmp_path / "docs" / "R.md", full_plan=True, also=[second]).read_text()
     assert "--outdir " + first.as_posix() + " --outdir " + second.as_posix() + " --full-plan" in md
+    headline, rest = md.split("# Study 1: ")
+    # Headline: cars' best baseline is study 2's (400 -> 40, 90 %) over study 1's (200 -> 50, 75 %); carla has none.
+    assert _row(headline, "cars")[1:] == ["341.3 -> 136.2 (60.1 %)", f"Study 2 (`{second.as_posix()}`), "
+                                          "cars-baseline-s0", "`--set d_lr=0.001`", "400.00 -> 40.00", "90.0 %", "2"]
+    assert _row(headline, "carla")[2:] == ["not run", "-", "-", "-", "0"]
     study1, study2 = md.split("# Study 2: ")
     assert "# Study 1: " in study1 and "trained with `--set d_lr=0.001`" in study1
     assert "| noaug |" not in study1                              # measured by study 2: not 'not run' in study 1
