@@ -317,6 +317,13 @@ def main() -> None:
     ap.add_argument("--variants", default=None, help="Comma list of training variants to run (default: all).")
     ap.add_argument("--gates", default=None, help="Comma list of gates to run, e.g. t4_g_learns (default: all).")
     args = ap.parse_args()
+    gate_names = ("t4_images", "std_images", "t4_compiled_g", "std_compiled_g", "t4_graph", "t4_g_learns",
+                  "std_g_learns")
+    unknown = sorted(set(args.gates.split(",")) - set(gate_names)) if args.gates else []
+    if unknown:
+        sys.exit(f"error: unknown gate(s) {', '.join(unknown)}; choose from {', '.join(gate_names)}")
+    if not torch.cuda.is_available():
+        sys.exit("train_speed.py needs a CUDA GPU")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
@@ -334,10 +341,8 @@ def main() -> None:
                  "t4_graph": lambda: gate_graph(t4, device, data),
                  "t4_g_learns": lambda: gate_g_learns(t4, device, data),
                  "std_g_learns": lambda: gate_g_learns(std, device, data, steps=30)}
+        assert set(gates) == set(gate_names)
         chosen = args.gates.split(",") if args.gates else list(gates)
-        unknown = sorted(set(chosen) - set(gates))
-        if unknown:
-            sys.exit(f"error: unknown gate(s) {', '.join(unknown)}; choose from {', '.join(gates)}")
         RESULTS["sections"]["gates"] = {}
         for name in chosen:   # one gate at a time, saved as it lands
             RESULTS["sections"]["gates"][name] = gates[name]()
