@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "FAULTS_ROW"
 
-# BLOCK_N, num_warps, pipeline, num_stages: the former default first, then one change at a time, then the plainest launch.
+# BLOCK_N, num_warps, pipeline, num_stages: the former default first, one change at a time, then the plainest launch.
 LAUNCHES = [(64, 4, True, 2), (64, 4, True, 1), (64, 4, False, 1), (64, 8, True, 2), (32, 4, True, 2),
             (128, 8, True, 2), (128, 4, False, 1), (32, 4, False, 1), (16, 4, False, 1)]
 

@@ -511,21 +511,22 @@ def headline_rows(outdirs: list[Path], studies: list[dict], per: list[list[RunRe
             for r in res:
                 if r.run.family != fam or r.run.variant != "baseline" or r.status != "done":
                     continue
-                gain = improvement_pct(r.at(0.0), r.at(st["kimg"]))
+                f0, f1 = r.at(0.0), r.at(st["kimg"])
+                gain = improvement_pct(f0, f1)
                 if gain is None:
                     continue
                 count += 1
                 if best is None or gain > best[0]:
-                    best = (gain, i, r, st)
+                    best = (gain, f0, f1, i, r, st)
         s0, s1 = SEED_STUDY[fam]
         seed = f"{s0:.1f} -> {s1:.1f} ({improvement_pct(s0, s1):.1f} %)"
         if best is None:
             rows.append([fam, seed, "not run", "-", "-", "-", "0"])
             continue
-        gain, i, r, st = best
+        gain, f0, f1, i, r, st = best
         opts = " ".join(f"`--set {kv}`" for kv in st.get("train_set") or []) or "the presets' own"
         rows.append([fam, seed, f"Study {i + 1} (`{outdirs[i].as_posix()}`), {r.run.name}", opts,
-                     f"{_f(r.at(0.0))} -> {_f(r.at(st['kimg']))}", f"{gain:.1f} %", str(count)])
+                     f"{_f(f0)} -> {_f(f1)}", f"{gain:.1f} %", str(count)])
     return rows
 
 
@@ -620,13 +621,14 @@ def _figure_section(plot: str | None, figures: dict[str, dict[str, str]], study:
     lines += ["FID-1k vs kimg: this study's runs are in the plot of Study 1 (one plot for every study)." if plot_above
               else f"![FID-1k vs kimg, one line per run]({plot})" if plot else
               "FID-1k vs kimg: no plot yet (no run has FID-1k records).", ""]
-    names = {"sheet": "contact sheet", "interp": "interpolation"}
+    names = {"sheet": ("contact sheet", "sheet"), "interp": ("interpolation", "interpolation")}   # text, alt text
 
     def cell(fam: str, kind: str) -> str:
+        text, alt = names[kind]
         if kind in figures.get(fam, {}):
-            return f"{names[kind]} ![{fam} {'sheet' if kind == 'sheet' else 'interpolation'}]({figures[fam][kind]})"
+            return f"{text} ![{fam} {alt}]({figures[fam][kind]})"
         other = (elsewhere or {}).get(fam, {}).get(kind)
-        return f"{names[kind]}: not run here (Study {other} has one)" if other else f"{names[kind]}: not run"
+        return f"{text}: not run here (Study {other} has one)" if other else f"{text}: not run"
     for fam in study["families"]:
         lines += [f"**{fam}** (last snapshot of the seed-{study['seeds'][0]} baseline, pose 30,30): "
                   + cell(fam, "sheet") + "; " + cell(fam, "interp"), ""]
