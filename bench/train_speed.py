@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.naive import naive_render, naive_run_G  # noqa: E402
 from dnnlib.util import UserError  # noqa: E402
+from torch_utils.cuda_graph import StepGraph  # noqa: E402
+from training.networks import hyper  # noqa: E402
 from training.config import resolve_config  # noqa: E402
 from training.fast_step import DeviceImageCache, GraphedTrainStep  # noqa: E402
 from training.phases import TrainStep  # noqa: E402
@@ -88,6 +90,7 @@ def run_variant(name: str, presets: str, precision: str, device, data, steps: in
                 naive: bool = False, extra: tuple = ()) -> dict:
     gc.collect()                 # free the previous variant's CUDA graphs and their memory pools
     torch.cuda.empty_cache()
+    resident = torch.cuda.memory_allocated()   # left by earlier variants (e.g. compiled code holding old networks)
     cfg = make_cfg(presets, "fp32" if naive else precision, extra=extra)
     nets, step = make_step(cfg, device)
     if naive:
@@ -115,13 +118,29 @@ def run_variant(name: str, presets: str, precision: str, device, data, steps: in
     res = {"variant": name, "precision": step.precision, "graphed": graphed, "steps": steps,
            "ms_per_step": sec * 1e3, "img_per_s": cfg.batch / sec, "s_per_kimg": sec * 1000 / cfg.batch,
            "peak_alloc_gb": torch.cuda.max_memory_allocated() / 2**30,
-           "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2**30, "wall_s": host}
-    if not naive and not graphed:
-        res["phase_ms"] = phase_times(step, host_reals, cfg)
+           "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2**30, "wall_s": host,
+           "resident_before_gb": resident / 2**30}   # included in peak_alloc_gb; 0 for the first variant
+    if not naive:   # after the timing: the phase graphs take optimiser steps of their own
+        res["phase_ms"] = phase_times(step, host_reals, cfg, graphed=graphed)
     return res
 
 
-def phase_times(step: TrainStep, reals: torch.Tensor, cfg, reps: int = 20) -> dict:
+def parse_linear(spec: str) -> dict:
+    """'base' -> every option off; 'forward=bmm_add,split_k=1' -> set_linear_options keywords."""
+    if spec == "base":
+        return {"forward": "baddbmm", "split_k": False, "pad_inputs": False}
+    out: dict = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key not in ("forward", "split_k", "pad_inputs") or not value:
+            sys.exit(f"error: bad --linear item {item!r}")
+        out[key] = value if key == "forward" else value not in ("0", "false", "False")
+    return out
+
+
+def phase_fns(step: TrainStep, reals: torch.Tensor, cfg) -> dict:
+    """The step's phases as separate callables of a dummy index (each a full phase: loss, backward, optimiser step):
+    Gmain, Dmain, Dreg (lazy R1) and the per-step rest (EMA, counters and ADA bookkeeping)."""
     real = reals.float() / 127.5 - 1
     b = real.shape[0]
 
@@ -139,11 +158,26 @@ def phase_times(step: TrainStep, reals: torch.Tensor, cfg, reps: int = 20) -> di
 
     from training.loss import ema_beta, update_ema
 
-    def ema(_):
+    def rest(_):
+        step.cur_nimg.add_(cfg.batch)
         update_ema(step.G_ema, step.G, ema_beta(cfg.batch, step.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
+        step._count_bad(torch.zeros([], dtype=torch.bool, device=real.device))
 
-    return {k: cuda_time(f, reps) * 1e3 for k, f in (("Gmain", gmain), ("Dmain", dmain), ("Dreg", dreg),
-                                                      ("EMA", ema))}
+    return {"Gmain": gmain, "Dmain": dmain, "Dreg": dreg, "EMA+counters": rest}
+
+
+def phase_times(step: TrainStep, reals: torch.Tensor, cfg, reps: int = 20, graphed: bool = False) -> dict:
+    """Milliseconds per phase: eager calls, or (graphed=True) replays of each phase captured as its own CUDA graph
+    (what the graphed step costs phase by phase; the whole-step graph adds no gaps between phases)."""
+    out = {}
+    for name, fn in phase_fns(step, reals, cfg).items():
+        if graphed:
+            graph = StepGraph(lambda f=fn: f(0), reals.device, warmup=3, generators=[step.generator])
+            for _ in range(4):
+                graph()
+            fn = lambda _, g=graph: g()   # noqa: E731
+        out[name] = cuda_time(fn, reps) * 1e3
+    return out
 
 
 def gate_images(presets: str, device) -> dict:
@@ -315,6 +349,10 @@ def main() -> None:
     ap.add_argument("--naive-steps", type=int, default=8)
     ap.add_argument("--detector", default=None)
     ap.add_argument("--variants", default=None, help="Comma list of training variants to run (default: all).")
+    ap.add_argument("--linear", default=None,
+                    help="';'-separated NeRF-layer option sets for the default variant, each 'base' or a comma list "
+                         "of forward=baddbmm|bmm_add, split_k=0|1, pad_inputs=0|1 (one row each; see "
+                         "training/networks/hyper.py set_linear_options).")
     ap.add_argument("--gates", default=None, help="Comma list of gates to run, e.g. t4_g_learns (default: all).")
     args = ap.parse_args()
     t4, std = "carla,t4", "cars,standard"
@@ -328,6 +366,8 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(gates))
     if unknown:
         sys.exit(f"error: unknown gate(s) {', '.join(unknown)}; choose from {', '.join(gates)}")
+    for spec in (args.linear.split(";") if args.linear else []):
+        parse_linear(spec)                      # bad specs are errors before any CUDA call
     if not torch.cuda.is_available():
         sys.exit("train_speed.py needs a CUDA GPU")
     out = Path(args.out)
@@ -364,12 +404,24 @@ def main() -> None:
             variants = [v for v in variants if v[0] != "default_bf16"]
         if args.variants:
             variants = [v for v in variants if v[0] in args.variants.split(",")]
-        for name, prec, graphed, naive, extra in variants:
+        if args.linear:
+            expanded = []
+            for v in variants:
+                expanded += [(f"{v[0]}[{spec}]", *v[1:], spec) for spec in args.linear.split(";")] \
+                    if v[0] == "default" else [(*v, None)]
+            variants = expanded
+        else:
+            variants = [(*v, None) for v in variants]
+        for name, prec, graphed, naive, extra, spec in variants:
+            old_linear = hyper.set_linear_options(**parse_linear(spec)) if spec else None
             steps = args.naive_steps if naive else (args.steps if sec_name == "t4" else max(30, args.steps // 6))
             try:
                 r = run_variant(name, presets, prec, device, data, steps, graphed, naive, extra)
             except torch.OutOfMemoryError:
                 r = {"variant": name, "error": f"OOM@{args.cap_gib}GiB"}
+            if old_linear is not None:
+                r["linear"] = hyper.linear_options()
+                hyper.set_linear_options(**old_linear)
             rows.append(r)
             print(sec_name, json.dumps(r), flush=True)
             RESULTS["sections"][sec_name] = rows
@@ -410,7 +462,8 @@ def print_table() -> None:
             if "img_per_s" in r:
                 print(f"{sec:9s} {r['variant']:8s} {r['precision']:5s} {r['img_per_s']:9.1f} img/s "
                       f"{r['s_per_kimg']:8.2f} s/kimg  x{r.get('x_naive', float('nan')):7.1f}  "
-                      f"peak {r['peak_alloc_gb']:.2f} GB  {r.get('phase_ms', '')}")
+                      f"peak {r['peak_alloc_gb']:.2f} GB  "
+                      + " ".join(f"{k} {v:.3f}" for k, v in r.get("phase_ms", {}).items()))
             else:
                 print(f"{sec:9s} {r['variant']:8s} {r.get('error')}")
 

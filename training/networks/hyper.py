@@ -80,20 +80,79 @@ class HyperLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, input_gain={self.input_gain:g}"
 
 
-class _PerObjectLinear(torch.autograd.Function):
-    """y = baddbmm(bias, x, W^T) with a backward tuned for tensor cores.
+LINEAR_FORWARDS = ("baddbmm", "bmm_add")
+_options = {"forward": "baddbmm", "split_k": True, "pad_inputs": True}
 
-    * Forward: baddbmm. A `bmm(x, W^T).add_(bias)` forward (to drop baddbmm's bias broadcast copies, 3.4 ms of the
-      standard step in the H200 profile) was in the tree for session 6's study, whose five GPU runs (fp16, CUDA
-      graphs, compiled G) all kept G at its initial weights: G's fp16 loss scale grew to 2^24 (no gradient ever
-      overflowed) and every snapshot rendered `fakes_init.png` again. It passed every CPU test, including compiled
-      ones, and the study also ran on an MPS server a faulting kernel had just broken, so the cause is not proven;
-      the forward is back to the one the session-5 study trained with. Re-measure before changing it again:
-      `python bench/train_speed.py --sections gates` (gate `g_learns`) and the training loop's frozen-G warning.
+
+def set_linear_options(forward: str | None = None, split_k: bool | None = None,
+                       pad_inputs: bool | None = None) -> dict:
+    """Choose how the per-object NeRF layers run (every choice computes the same function); returns the old options.
+
+    forward: 'baddbmm' (one GEMM that adds the bias; it materialises the bias broadcast first) or 'bmm_add' (GEMM,
+    then an out-of-place bias add that torch.compile fuses into the next relu). split_k: compute the weight gradient
+    x^T @ grad as partial GEMMs over chunks of points, summed in fp32 (one GEMM over N = 32768+ points runs on a few
+    dozen thread blocks). pad_inputs: pad the 63-wide encoding (and the skip layer's 191-wide input) to multiples of
+    8 and the 4-wide output layer to 8, with zero weights, so cuBLAS can use its aligned fp16 kernels.
+    """
+    old = dict(_options)
+    if forward is not None:
+        if forward not in LINEAR_FORWARDS:
+            raise ValueError(f"unknown forward {forward!r}; choose from {LINEAR_FORWARDS}")
+        _options["forward"] = forward
+    if split_k is not None:
+        _options["split_k"] = bool(split_k)
+    if pad_inputs is not None:
+        _options["pad_inputs"] = bool(pad_inputs)
+    return old
+
+
+def linear_options() -> dict:
+    return dict(_options)
+
+
+def split_count(batch: int, n: int, target: int = 256, min_rows: int = 1024) -> int:
+    """How many chunks of points the weight gradient is split into: a power of two dividing n, with chunks of at
+    least `min_rows` points, aiming at about `target` partial GEMMs in all (1 = no split)."""
+    s = 1
+    while batch * s * 2 <= target and n % (s * 2) == 0 and n // (s * 2) >= min_rows:
+        s *= 2
+    return s
+
+
+def weight_grad(x: torch.Tensor, grad: torch.Tensor, split: int) -> torch.Tensor:
+    """x^T @ grad per object: x [B, N, c_in], grad [B, N, c_out] -> [B, c_in, c_out] in x's dtype.
+
+    c_in and c_out are padded to multiples of 8 (with odd sizes cuBLAS falls back to slow kernels: 0.44 ms instead of
+    ~0.05 ms for a 63-input layer on an H100). split > 1: `split` partial GEMMs per object over chunks of N / split
+    points, summed in fp32 (float64 inputs in float64).
+    """
+    B, N, c_in = x.shape
+    c_out = grad.shape[-1]
+    xp = F.pad(x, [0, -c_in % 8]) if c_in % 8 else x                                  # [B, N, c_in8]
+    gp = F.pad(grad, [0, -c_out % 8]) if c_out % 8 else grad                          # [B, N, c_out8]
+    if split > 1:
+        rows = N // split
+        part = torch.bmm(xp.reshape(B * split, rows, -1).transpose(1, 2), gp.reshape(B * split, rows, -1))
+        acc = torch.promote_types(x.dtype, torch.float32)                               # fp32, or float64
+        gw = part.view(B, split, *part.shape[1:]).sum(1, dtype=acc).to(x.dtype)          # [B, c_in8, c_out8]
+    else:
+        gw = torch.bmm(xp.transpose(1, 2), gp)                                         # [B, c_in8, c_out8]
+    return gw[:, :c_in, :c_out]
+
+
+class _PerObjectLinear(torch.autograd.Function):
+    """y = x @ W^T + bias per object, with a backward tuned for tensor cores.
+
+    * Forward (`set_linear_options(forward=...)`): baddbmm by default. A `bmm(x, W^T).add_(bias)` forward (in place,
+      to drop baddbmm's bias broadcast copies, 3.4 ms of the standard step in the H200 profile) was in the tree for
+      session 6's study, whose five GPU runs (fp16, CUDA graphs, compiled G) all kept G at its initial weights: G's
+      fp16 loss scale grew to 2^24 (no gradient ever overflowed) and every snapshot rendered `fakes_init.png` again.
+      It passed every CPU test, including compiled ones, and the study also ran on an MPS server a faulting kernel
+      had just broken, so the cause is not proven. 'bmm_add' is the out-of-place form; the GPU gate `g_learns`
+      (`python bench/train_speed.py --sections gates`) and the training loop's frozen-G check guard any change.
     * The shared bias gradient is a GEMM with a row of ones: autograd's reduction of grad [B, N, c_out] over (B, N)
       measured 5x slower on an H100 (0.12 vs 0.024 ms at B=4, N=32768, c_out=128).
-    * The weight gradient x^T @ grad pads c_in and c_out to multiples of 8 (63-wide encodings, 4-wide outputs):
-      with odd sizes cuBLAS falls back to slow kernels (0.44 ms instead of ~0.05 ms for the 63-input layer).
+    * The weight gradient is `weight_grad` (padded to multiples of 8; split over chunks of points).
     First derivatives only (nothing differentiates G twice).
     """
 
@@ -101,20 +160,19 @@ class _PerObjectLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight_t)
         ctx.bias_dtype = bias.dtype
+        ctx.split = split_count(x.shape[0], x.shape[1]) if _options["split_k"] else 1
+        if _options["forward"] == "bmm_add":
+            return torch.bmm(x, weight_t) + bias.view(1, 1, -1)                          # [B, N, c_out]
         return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)                          # [B, N, c_out]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight_t = ctx.saved_tensors
-        c_in, c_out = weight_t.shape[1], weight_t.shape[2]
+        c_out = weight_t.shape[2]
         grad = grad.contiguous()
         gx = torch.bmm(grad, weight_t.transpose(1, 2)) if ctx.needs_input_grad[0] else None   # [B, N, c_in]
-        gw = None
-        if ctx.needs_input_grad[1]:
-            xp = F.pad(x, [0, -c_in % 8]) if c_in % 8 else x                                    # [B, N, c_in8]
-            gp = F.pad(grad, [0, -c_out % 8]) if c_out % 8 else grad                            # [B, N, c_out8]
-            gw = torch.bmm(xp.transpose(1, 2), gp)[:, :c_in, :c_out]                           # [B, c_in, c_out]
+        gw = weight_grad(x, grad, ctx.split) if ctx.needs_input_grad[1] else None             # [B, c_in, c_out]
         gb = None
         if ctx.needs_input_grad[2]:
             flat = grad.reshape(-1, c_out)                                                     # [B*N, c_out]

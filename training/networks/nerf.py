@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from torch_utils.persistence import persistent_class
+from training.networks import hyper
 from training.networks.hyper import HyperLinear
 from training.rendering.volume import encoding_dim, positional_encoding
 
@@ -53,17 +55,32 @@ class NeRFMLP(nn.Module):
         return [layer.build(w) for layer in self.layers]
 
     def evaluate(self, weights: LayerWeights, pts: torch.Tensor) -> torch.Tensor:
-        """Apply the built weights to points [B, N, 3] -> raw [B, N, 4] (dtype of the last GEMM)."""
+        """Apply the built weights to points [B, N, 3] -> raw [B, N, 4] (dtype of the last GEMM).
+
+        With `hyper.set_linear_options(pad_inputs=True)` the encoding is padded to a multiple of 8 columns and the
+        output layer to 8 outputs, with zero weights (the same function; aligned GEMMs)."""
         pe = positional_encoding(pts, self.multires)                    # [B, N, 63]
+        pe_dim = pe.shape[-1]
+        pad = -pe_dim % 8 if hyper.linear_options()["pad_inputs"] else 0
+        if pad:
+            pe = F.pad(pe, [0, pad])                                    # [B, N, 64]
         h = pe
         last = len(self.layers) - 1
         for i, (layer, (weight_t, bias)) in enumerate(zip(self.layers, weights)):
-            h = layer.apply_weights(h, weight_t, bias)                  # [B, N, c_out]
+            c_out = weight_t.shape[2]
+            if pad and i == 0:
+                weight_t = F.pad(weight_t, [0, 0, 0, pad])              # zero rows for the padded columns
+            elif pad and self.uses_skip and i == self.skip_after + 1:
+                weight_t = torch.cat([F.pad(weight_t[:, :pe_dim], [0, 0, 0, pad]), weight_t[:, pe_dim:]], dim=1)
+            out_pad = -c_out % 8 if pad and i == last else 0
+            if out_pad:
+                weight_t, bias = F.pad(weight_t, [0, out_pad]), F.pad(bias, [0, out_pad])
+            h = layer.apply_weights(h, weight_t, bias)                  # [B, N, c_out (+ out_pad)]
             if i == last:
-                break
+                return h[..., :c_out] if out_pad else h
             h = torch.relu(h)                                           # gain sqrt(2) lives in the next weight
             if self.uses_skip and i == self.skip_after:
-                h = torch.cat([pe.to(h.dtype), h], dim=-1)              # [B, N, 63 + C]
+                h = torch.cat([pe.to(h.dtype), h], dim=-1)              # [B, N, 63 (+ pad) + C]
         return h
 
     def forward(self, w: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:

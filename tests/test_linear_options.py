@@ -1,0 +1,70 @@
+"""The per-object NeRF layer options (training/networks/hyper.py set_linear_options): every combination computes the
+same function and gradients as the plain path (baddbmm forward, one weight-gradient GEMM, unpadded inputs)."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from training.networks import hyper
+from training.networks.nerf import NeRFMLP
+
+PLAIN = {"forward": "baddbmm", "split_k": False, "pad_inputs": False}
+
+
+@pytest.fixture(autouse=True)
+def restore_options():
+    old = hyper.linear_options()
+    yield
+    hyper.set_linear_options(**old)
+
+
+def _run(mlp: NeRFMLP, w: torch.Tensor, pts: torch.Tensor, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    hyper.set_linear_options(**options)
+    mlp.zero_grad()
+    raw = mlp(w, pts)                                                       # [B, N, 4]
+    (raw * torch.linspace(-1, 1, raw.numel(), dtype=raw.dtype).view_as(raw)).sum().backward()
+    return raw.detach(), [p.grad.clone() for p in mlp.parameters()]
+
+
+@pytest.mark.parametrize("num_layers", [4, 8])          # 8 layers: the skip layer's [PE, h] input is padded too
+def test_every_option_set_matches_the_plain_path(num_layers: int) -> None:
+    torch.manual_seed(0)
+    mlp = NeRFMLP(num_layers=num_layers, width=32, w_dim=16, rank=3).double()
+    w = torch.randn(3, 16, dtype=torch.float64)
+    pts = torch.randn(3, 4096, 3, dtype=torch.float64)
+    ref_raw, ref_grads = _run(mlp, w, pts, **PLAIN)
+    assert all(g.abs().sum() > 0 for g in ref_grads)
+    for fwd, split, pad in itertools.product(hyper.LINEAR_FORWARDS, (False, True), (False, True)):
+        raw, grads = _run(mlp, w, pts, forward=fwd, split_k=split, pad_inputs=pad)
+        assert raw.shape == ref_raw.shape
+        torch.testing.assert_close(raw, ref_raw, rtol=1e-12, atol=1e-12)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_split_weight_gradient_in_half_precision_is_close() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, 8192, 63)
+    g = torch.randn(2, 8192, 4)
+    want = torch.bmm(x.double().transpose(1, 2), g.double())                      # [2, 63, 4]
+    for split in (1, 8):
+        got = hyper.weight_grad(x.bfloat16(), g.bfloat16(), split)
+        assert got.shape == (2, 63, 4) and got.dtype == torch.bfloat16
+        rel = (got.double() - want).norm() / want.norm()
+        assert rel < 2e-2, (split, rel)
+
+
+def test_split_count() -> None:
+    assert hyper.split_count(4, 32768) == 32             # T4 patch: 32 chunks of 1024 points (the minimum chunk)
+    assert hyper.split_count(4, 262144) == 64            # standard patch: 4 * 64 = 256 partial GEMMs
+    assert hyper.split_count(4, 32768, min_rows=512) == 64
+    assert hyper.split_count(4, 1000) == 1               # too few points to split
+    assert hyper.split_count(3, 15 * 1024) == 8          # the largest power of two leaving chunks >= 1024
+    assert hyper.split_count(64, 4096) == 4              # 256 partial GEMMs already
+
+
+def test_bad_forward_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown forward"):
+        hyper.set_linear_options(forward="einsum")
