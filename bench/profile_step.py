@@ -72,6 +72,8 @@ def graphed(args, out: Path | None) -> dict:
     device = torch.device("cuda")
     cfg = make_cfg(args.presets, args.precision, extra=tuple(args.set))
     _, step = make_step(cfg, device)
+    if args.linear:                             # after make_step, whose configure_torch applies the config's choice
+        hyper.set_linear_options(**parse_linear(args.linear))
     data = RandomImages(256, 128)
     cache = DeviceImageCache(data, device)
     wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache)
@@ -137,7 +139,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("profile_step.py needs a CUDA GPU")
     if args.linear:
-        hyper.set_linear_options(**parse_linear(args.linear))
+        parse_linear(args.linear)               # a bad spec is an error before any CUDA work
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)

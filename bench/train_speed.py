@@ -87,12 +87,14 @@ def cuda_time(fn, steps: int) -> float:
 
 
 def run_variant(name: str, presets: str, precision: str, device, data, steps: int, graphed: bool,
-                naive: bool = False, extra: tuple = ()) -> dict:
+                naive: bool = False, extra: tuple = (), linear: dict | None = None) -> dict:
     gc.collect()                 # free the previous variant's CUDA graphs and their memory pools
     torch.cuda.empty_cache()
     resident = torch.cuda.memory_allocated()   # left by earlier variants (e.g. compiled code holding old networks)
     cfg = make_cfg(presets, "fp32" if naive else precision, extra=extra)
     nets, step = make_step(cfg, device)
+    if linear:                                  # after make_step, whose configure_torch applies the config's choice
+        hyper.set_linear_options(**linear)
     if naive:
         step.loss.run_G = lambda n, update_w_avg=False: naive_run_G(step.loss, n, update_w_avg)
         step.loss.d_dtype = torch.float16           # the reference D runs its conv blocks in fp16
@@ -119,7 +121,7 @@ def run_variant(name: str, presets: str, precision: str, device, data, steps: in
            "ms_per_step": sec * 1e3, "img_per_s": cfg.batch / sec, "s_per_kimg": sec * 1000 / cfg.batch,
            "peak_alloc_gb": torch.cuda.max_memory_allocated() / 2**30,
            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2**30, "wall_s": host,
-           "resident_before_gb": resident / 2**30}   # included in peak_alloc_gb; 0 for the first variant
+           "resident_before_gb": resident / 2**30, "linear": hyper.linear_options()}   # included in peak_alloc_gb; 0 for the first variant
     if not naive:   # after the timing: the phase graphs take optimiser steps of their own
         res["phase_ms"] = phase_times(step, host_reals, cfg, graphed=graphed)
     return res
@@ -413,14 +415,14 @@ def main() -> None:
         else:
             variants = [(*v, None) for v in variants]
         for name, prec, graphed, naive, extra, spec in variants:
-            old_linear = hyper.set_linear_options(**parse_linear(spec)) if spec else None
+            old_linear = hyper.linear_options() if spec else None
             steps = args.naive_steps if naive else (args.steps if sec_name == "t4" else max(30, args.steps // 6))
             try:
-                r = run_variant(name, presets, prec, device, data, steps, graphed, naive, extra)
+                r = run_variant(name, presets, prec, device, data, steps, graphed, naive, extra,
+                                parse_linear(spec) if spec else None)
             except torch.OutOfMemoryError:
                 r = {"variant": name, "error": f"OOM@{args.cap_gib}GiB"}
             if old_linear is not None:
-                r["linear"] = hyper.linear_options()
                 hyper.set_linear_options(**old_linear)
             rows.append(r)
             print(sec_name, json.dumps(r), flush=True)

@@ -68,3 +68,13 @@ def test_split_count() -> None:
 def test_bad_forward_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown forward"):
         hyper.set_linear_options(forward="einsum")
+
+
+def test_config_switch_sets_the_options() -> None:
+    from training.config import resolve_config
+    from training.training_loop import configure_torch
+    for on in (False, True):
+        cfg = resolve_config("smoke", sets=[f"g_gemm_tuning={str(on).lower()}"])
+        configure_torch(cfg, torch.device("cpu"))
+        opts = hyper.linear_options()
+        assert opts["split_k"] is on and opts["pad_inputs"] is on and opts["forward"] == "baddbmm"

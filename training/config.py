@@ -74,6 +74,8 @@ class TrainConfig:
     d_channels_last: bool = True         # GPU: run D's conv blocks in NHWC memory format
     d_compile: bool = True               # GPU: torch.compile D for the first-order phases (R1 stays eager)
     g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
+    g_gemm_tuning: bool = True           # G's per-object layers: split-K weight gradients, 8-aligned encoding and
+                                         # output (same function; false = one plain GEMM each, unpadded)
     # Augmentation (training/augment.py).
     aug: str = "fixed"                   # fixed (crop + x-flip at p) | ada (adaptive p) | noaug (crop only, p = 0)
     p: float | None = None               # augmentation probability; None = 0.5 for fixed, 0 for ada (initial value)

@@ -127,7 +127,8 @@ def wrap_step_for_speed(step: Any, dataset: Any, cfg: Any, device: torch.device,
     """
     d_desc = ""
     if device.type == "cuda":
-        d_desc = (f", G render {'compiled' if cfg.g_compile else 'eager'}, "
+        d_desc = (f", G render {'compiled' if cfg.g_compile else 'eager'} "
+                  f"({'tuned' if cfg.g_gemm_tuning else 'plain'} GEMMs), "
                   f"D {'compiled' if cfg.d_compile else 'eager'} "
                   f"({'channels_last' if cfg.d_channels_last else 'NCHW'})")
     if device.type != "cuda" or not cfg.cuda_graphs or cfg.deterministic:
