@@ -89,7 +89,8 @@ def set_linear_options(forward: str | None = None, split_k: bool | None = None,
     """Choose how the per-object NeRF layers run (every choice computes the same function); returns the old options.
 
     forward: 'baddbmm' (one GEMM that adds the bias; it materialises the bias broadcast first) or 'bmm_add' (GEMM,
-    then an out-of-place bias add that torch.compile fuses into the next relu). split_k: compute the weight gradient
+    then an out-of-place bias add; measured 17 % slower per training step than baddbmm at the T4 setting on an H200,
+    kept for measurements: `bench/train_speed.py --linear`). split_k: compute the weight gradient
     x^T @ grad as partial GEMMs over chunks of points, summed in fp32 (one GEMM over N = 32768+ points runs on a few
     dozen thread blocks). pad_inputs: pad the 63-wide encoding (and the skip layer's 191-wide input) to multiples of
     8 and the 4-wide output layer to 8, with zero weights, so cuBLAS can use its aligned fp16 kernels.
@@ -148,7 +149,8 @@ class _PerObjectLinear(torch.autograd.Function):
       session 6's study, whose five GPU runs (fp16, CUDA graphs, compiled G) all kept G at its initial weights: G's
       fp16 loss scale grew to 2^24 (no gradient ever overflowed) and every snapshot rendered `fakes_init.png` again.
       It passed every CPU test, including compiled ones, and the study also ran on an MPS server a faulting kernel
-      had just broken, so the cause is not proven. 'bmm_add' is the out-of-place form; the GPU gate `g_learns`
+      had just broken, so the cause is not proven. 'bmm_add' is the out-of-place form (slower, see
+      `set_linear_options`); the GPU gate `g_learns`
       (`python bench/train_speed.py --sections gates`) and the training loop's frozen-G check guard any change.
     * The shared bias gradient is a GEMM with a row of ones: autograd's reduction of grad [B, N, c_out] over (B, N)
       measured 5x slower on an H100 (0.12 vs 0.024 ms at B=4, N=32768, c_out=128).
