@@ -2,6 +2,7 @@
 
     python bench/train_speed.py --out bench_out [--sections t4,standard,render,fid] [--detector PATH]
     python bench/train_speed.py --sections gates --gates t4_g_learns      # one gate (names: see main)
+    python bench/train_speed.py --sections t4 --variants naive,default --sets 'd_fir=pool;d_fir=single'   # A/B rows
 
 Variants per setting (identical initial weights and seeds):
   naive         the reference's structure (bench/naive.py): per-object loop, CPU rays + encoding, per-point
@@ -355,6 +356,9 @@ def main() -> None:
                     help="';'-separated NeRF-layer option sets for the default variant, each 'base' or a comma list "
                          "of forward=baddbmm|bmm_add, split_k=0|1, pad_inputs=0|1 (one row each; see "
                          "training/networks/hyper.py set_linear_options).")
+    ap.add_argument("--sets", default=None,
+                    help="';'-separated config override sets for the default variant, each a comma list of "
+                         "KEY=VALUE (one row each), e.g. 'r1_channels_last=true;r1_channels_last=false'.")
     ap.add_argument("--gates", default=None, help="Comma list of gates to run, e.g. t4_g_learns (default: all).")
     args = ap.parse_args()
     t4, std = "carla,t4", "cars,standard"
@@ -370,6 +374,11 @@ def main() -> None:
         sys.exit(f"error: unknown gate(s) {', '.join(unknown)}; choose from {', '.join(gates)}")
     for spec in (args.linear.split(";") if args.linear else []):
         parse_linear(spec)                      # bad specs are errors before any CUDA call
+    for sets in (args.sets.split(";") if args.sets else []):
+        try:
+            make_cfg("carla,t4", "auto", extra=tuple(sets.split(",")))
+        except UserError as exc:
+            sys.exit(f"error: bad --sets {sets!r}: {exc}")
     if not torch.cuda.is_available():
         sys.exit("train_speed.py needs a CUDA GPU")
     out = Path(args.out)
@@ -406,14 +415,20 @@ def main() -> None:
             variants = [v for v in variants if v[0] != "default_bf16"]
         if args.variants:
             variants = [v for v in variants if v[0] in args.variants.split(",")]
-        if args.linear:
-            expanded = []
-            for v in variants:
-                expanded += [(f"{v[0]}[{spec}]", *v[1:], spec) for spec in args.linear.split(";")] \
-                    if v[0] == "default" else [(*v, None)]
-            variants = expanded
-        else:
-            variants = [(*v, None) for v in variants]
+        # --linear / --sets: the default variant once per option set (and per combination when both are given)
+        linear_specs = args.linear.split(";") if args.linear else [None]
+        set_specs = args.sets.split(";") if args.sets else [None]
+        expanded = []
+        for v in variants:
+            if v[0] != "default" or (args.linear is None and args.sets is None):
+                expanded.append((*v, None))
+                continue
+            for spec in linear_specs:
+                for sets in set_specs:
+                    label = ",".join(x for x in (spec, sets) if x)
+                    extra = v[4] + tuple(sets.split(",") if sets else ())
+                    expanded.append((f"default[{label}]", *v[1:4], extra, spec))
+        variants = expanded
         for name, prec, graphed, naive, extra, spec in variants:
             old_linear = hyper.linear_options() if spec else None
             steps = args.naive_steps if naive else (args.steps if sec_name == "t4" else max(30, args.steps // 6))

@@ -78,3 +78,14 @@ def test_config_switch_sets_the_options() -> None:
         configure_torch(cfg, torch.device("cpu"))
         opts = hyper.linear_options()
         assert opts["split_k"] is on and opts["pad_inputs"] is on and opts["forward"] == "baddbmm"
+
+
+def test_config_sets_the_fir_implementation() -> None:
+    from torch_utils.ops import fir
+    from training.config import resolve_config
+    from training.training_loop import configure_torch
+    try:
+        configure_torch(resolve_config("smoke", sets=["d_fir=single"]), torch.device("cpu"))
+        assert fir._fir_impl == "single"
+    finally:
+        fir.set_fir_impl("auto")

@@ -276,3 +276,29 @@ def test_two_guards_share_one_fused_adam_with_separate_scales():
     opt.step()
     torch.testing.assert_close(p.detach(), after_main)                  # the R1 step was skipped ...
     assert reg.scale.item() == 512.0 and main.scale.item() == 1024.0    # ... and only its scale halved
+
+
+@pytest.mark.parametrize("fir_impl", ["pool", "single"])
+def test_r1_penalty_is_the_same_in_every_layout_and_fir_implementation(fir_impl):
+    """Config r1_channels_last and d_fir change how the R1 phase runs, not what it computes (penalty and D grads)."""
+    from torch_utils.ops import fir
+    from training.networks.discriminator import Discriminator
+    torch.manual_seed(0)
+    D = Discriminator(16, channel_base=256, channel_max=32).double()
+    real = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    results = []
+    try:
+        for impl, d_cl, r1_cl in (("auto", False, False), (fir_impl, True, True), (fir_impl, True, False)):
+            fir.set_fir_impl(impl)
+            loss = HyperNeRFGANLoss(Generator_small(), D, None, 16, 1.0, d_channels_last=d_cl,
+                                    r1_channels_last=r1_cl)
+            assert loss.r1_channels_last is (d_cl and r1_cl)
+            reg = loss.dreg(real, gain=16)
+            grads = torch.autograd.grad(reg, list(D.parameters()), allow_unused=True)   # R1 ignores the out bias
+            results.append((reg.detach(), [torch.zeros(1) if g is None else g for g in grads]))
+    finally:
+        fir.set_fir_impl("auto")
+    for reg, grads in results[1:]:
+        torch.testing.assert_close(reg, results[0][0], rtol=1e-10, atol=1e-12)
+        for g, r in zip(grads, results[0][1]):
+            torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12)

@@ -73,6 +73,8 @@ class TrainConfig:
     mbstd_channels: int = 1
     d_channels_last: bool = True         # GPU: run D's conv blocks in NHWC memory format
     d_compile: bool = True               # GPU: torch.compile D for the first-order phases (R1 stays eager)
+    r1_channels_last: bool = True        # GPU: the R1 phase's (eager) D in NHWC too, when d_channels_last is on
+    d_fir: str = "auto"                  # D's [1, 3, 3, 1] downsampling filter: auto | pool | single | grouped
     g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
     g_gemm_tuning: bool = True           # G's per-object layers: split-K weight gradients, 8-aligned encoding and
                                          # output (same function; false = one plain GEMM each, unpadded)
@@ -122,6 +124,9 @@ class TrainConfig:
                 raise UserError(msg)
         need(self.precision in PRECISIONS, f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}.")
         need(self.aug in AUG_MODES, f"aug '{self.aug}' is not one of {', '.join(AUG_MODES)}.")
+        from torch_utils.ops.fir import FIR_IMPLS
+        need(self.d_fir in FIR_IMPLS, f"d_fir '{self.d_fir}' is not one of {', '.join(FIR_IMPLS)} (the same filter, "
+             f"computed as average pools, one single-channel conv or a depthwise conv; auto = pool).")
         from training.networks.generator import MLP_MODES
         need(self.metrics_mlp in MLP_MODES, f"metrics_mlp '{self.metrics_mlp}' is not one of {', '.join(MLP_MODES)} "
              f"(auto = the fused Triton MLP where it can run, else PyTorch; torch = always the PyTorch path).")

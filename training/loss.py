@@ -184,7 +184,7 @@ class HyperNeRFGANLoss:
                  patch_size: int, r1_gamma: float, generator: torch.Generator | None = None,
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
                  d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False,
-                 r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0) -> None:
+                 r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0, r1_channels_last: bool = True) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.patch_size = patch_size
         self.max_spacing = max_spacing   # > 1: random-scale windows (config patch_max_spacing), reals alike
@@ -194,6 +194,7 @@ class HyperNeRFGANLoss:
         self.d_dtype = d_dtype      # D mp_dtype (None = fp32)
         self.r1_dtype = r1_dtype    # D mp_dtype of the R1 phase (None = fp32)
         self.d_channels_last = d_channels_last
+        self.r1_channels_last = d_channels_last and r1_channels_last   # R1's eager D: NHWC only if D is
         # torch.compile'd D for the first-order phases (fuses bias/lrelu/gain/clamp around every conv). R1 needs a
         # double backward, which compiled graphs do not support, so dreg always runs the eager D (same parameters).
         self.D_first_order = CompiledWithFallback(D) if compile_d else D
@@ -239,9 +240,10 @@ class HyperNeRFGANLoss:
 
     def score(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
         """D logits of augmented patches [n, 3, P, P] -> [n, 1] fp32 (the compiled D unless R1 needs the eager one)."""
-        extra = {"channels_last": True} if self.d_channels_last else {}
         if double_backward:
+            extra = {"channels_last": True} if self.r1_channels_last else {}
             return self.D(img, mp_dtype=self.r1_dtype, **extra).float()
+        extra = {"channels_last": True} if self.d_channels_last else {}
         return self.D_first_order(img, mp_dtype=self.d_dtype, **extra).float()
 
     def run_D(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:

@@ -59,6 +59,7 @@ class TrainStep:
         self.loss = HyperNeRFGANLoss(G, D, augment_pipe, cfg.patch_size, cfg.r1_gamma, generator=generator,
                                      g_dtype=dtype, d_dtype=dtype,
                                      d_channels_last=cfg.d_channels_last and device.type == "cuda",
+                                     r1_channels_last=cfg.r1_channels_last,
                                      compile_d=cfg.d_compile and device.type == "cuda",
                                      compile_g=cfg.g_compile and device.type == "cuda",
                                      r1_dtype=None if cfg.r1_fp32 else dtype, max_spacing=cfg.patch_max_spacing)
