@@ -24,10 +24,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.train_speed import RandomImages, cuda_time, make_cfg, make_step, parse_linear, phase_fns  # noqa: E402
-from torch_utils.cuda_graph import StepGraph  # noqa: E402
-from training.networks import hyper  # noqa: E402
+from bench.train_speed import RandomImages, cuda_time, make_cfg, make_step, parse_linear, phase_graphs  # noqa: E402
 from training.fast_step import DeviceImageCache, GraphedTrainStep  # noqa: E402
+from training.networks import hyper  # noqa: E402
 
 
 def kernel_stats(prof, reps: int, rows: int) -> dict:
@@ -82,8 +81,7 @@ def graphed(args, out: Path | None) -> dict:
         wrapped(idx, i)
     torch.cuda.synchronize()
     res: dict = {"presets": args.presets, "precision": step.precision, "sets": args.set,
-                 "linear": hyper.linear_options(), "patterns": {},
-                 "phases": {}}
+                 "linear": hyper.linear_options(), "patterns": {}, "phases": {}}
     for name, step_idx in (("plain", 1), ("r1", cfg.d_reg_interval)):
         graph = wrapped.graphs[wrapped.pattern(step_idx)]
         ms = cuda_time(lambda _: graph(), args.reps) * 1e3
@@ -97,10 +95,7 @@ def graphed(args, out: Path | None) -> dict:
     print(f"mean over a lazy-R1 period: {res['mean_ms_per_step']:.3f} ms/step = {res['img_per_s_from_replays']:.1f} "
           f"img/s (R1 adds {(r1 - plain) / per:.3f} ms/step amortised)")
     reals = cache.gather(idx)
-    for name, fn in phase_fns(step, reals, cfg).items():
-        graph = StepGraph(lambda f=fn: f(0), device, warmup=3, generators=[step.generator])
-        for _ in range(4):
-            graph()
+    for name, graph in phase_graphs(step, reals, cfg):
         ms = cuda_time(lambda _: graph(), args.reps) * 1e3
         stats = profiled(graph, args.prof_reps, args.rows, None)
         res["phases"][name] = {"ms": ms, **stats}

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.naive import naive_render, naive_run_G  # noqa: E402
 from dnnlib.util import UserError  # noqa: E402
 from torch_utils.cuda_graph import StepGraph  # noqa: E402
-from training.networks import hyper  # noqa: E402
 from training.config import resolve_config  # noqa: E402
 from training.fast_step import DeviceImageCache, GraphedTrainStep  # noqa: E402
+from training.networks import hyper  # noqa: E402
 from training.phases import TrainStep  # noqa: E402
 from training.training_loop import build_networks, configure_torch  # noqa: E402
 
@@ -122,7 +122,8 @@ def run_variant(name: str, presets: str, precision: str, device, data, steps: in
            "ms_per_step": sec * 1e3, "img_per_s": cfg.batch / sec, "s_per_kimg": sec * 1000 / cfg.batch,
            "peak_alloc_gb": torch.cuda.max_memory_allocated() / 2**30,
            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2**30, "wall_s": host,
-           "resident_before_gb": resident / 2**30, "linear": hyper.linear_options()}   # included in peak_alloc_gb; 0 for the first variant
+           "resident_before_gb": resident / 2**30,   # included in peak_alloc_gb; 0 for the first variant
+           "linear": hyper.linear_options()}
     if not naive:   # after the timing: the phase graphs take optimiser steps of their own
         res["phase_ms"] = phase_times(step, host_reals, cfg, graphed=graphed)
     return res
@@ -169,18 +170,22 @@ def phase_fns(step: TrainStep, reals: torch.Tensor, cfg) -> dict:
     return {"Gmain": gmain, "Dmain": dmain, "Dreg": dreg, "EMA+counters": rest}
 
 
+def phase_graphs(step: TrainStep, reals: torch.Tensor, cfg):
+    """Yield (name, replay) per phase of `phase_fns`, each phase captured as its own CUDA graph (warmed up and
+    captured before it is yielded; one graph alive at a time, so the memory of the previous one can go)."""
+    for name, fn in phase_fns(step, reals, cfg).items():
+        graph = StepGraph(lambda f=fn: f(0), reals.device, warmup=3, generators=[step.generator])
+        for _ in range(4):
+            graph()
+        yield name, graph
+
+
 def phase_times(step: TrainStep, reals: torch.Tensor, cfg, reps: int = 20, graphed: bool = False) -> dict:
     """Milliseconds per phase: eager calls, or (graphed=True) replays of each phase captured as its own CUDA graph
     (what the graphed step costs phase by phase; the whole-step graph adds no gaps between phases)."""
-    out = {}
-    for name, fn in phase_fns(step, reals, cfg).items():
-        if graphed:
-            graph = StepGraph(lambda f=fn: f(0), reals.device, warmup=3, generators=[step.generator])
-            for _ in range(4):
-                graph()
-            fn = lambda _, g=graph: g()   # noqa: E731
-        out[name] = cuda_time(fn, reps) * 1e3
-    return out
+    if graphed:
+        return {name: cuda_time(lambda _, g=graph: g(), reps) * 1e3 for name, graph in phase_graphs(step, reals, cfg)}
+    return {name: cuda_time(fn, reps) * 1e3 for name, fn in phase_fns(step, reals, cfg).items()}
 
 
 def gate_images(presets: str, device) -> dict:
@@ -429,16 +434,13 @@ def main() -> None:
                     extra = v[4] + tuple(sets.split(",") if sets else ())
                     expanded.append((f"default[{label}]", *v[1:4], extra, spec))
         variants = expanded
-        for name, prec, graphed, naive, extra, spec in variants:
-            old_linear = hyper.linear_options() if spec else None
+        for name, prec, graphed, naive, extra, spec in variants:   # make_step resets the options from the config
             steps = args.naive_steps if naive else (args.steps if sec_name == "t4" else max(30, args.steps // 6))
             try:
                 r = run_variant(name, presets, prec, device, data, steps, graphed, naive, extra,
                                 parse_linear(spec) if spec else None)
             except torch.OutOfMemoryError:
                 r = {"variant": name, "error": f"OOM@{args.cap_gib}GiB"}
-            if old_linear is not None:
-                hyper.set_linear_options(**old_linear)
             rows.append(r)
             print(sec_name, json.dumps(r), flush=True)
             RESULTS["sections"][sec_name] = rows

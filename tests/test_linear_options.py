@@ -89,3 +89,18 @@ def test_config_sets_the_fir_implementation() -> None:
         assert fir._fir_impl == "single"
     finally:
         fir.set_fir_impl("auto")
+
+
+def test_start_line_names_the_gemm_and_r1_layout_choices() -> None:
+    from training.config import resolve_config
+    from training.fast_step import wrap_step_for_speed
+    for sets, want, absent in ((["g_gemm_tuning=true"], "(tuned GEMMs)", "R1 NCHW"),
+                               (["g_gemm_tuning=false", "r1_channels_last=false"], "(plain GEMMs)", None)):
+        cfg = resolve_config("smoke", sets=["cuda_graphs=false", *sets])
+        # cuda_graphs=false returns the eager step before any CUDA call, so a CPU machine can build the line
+        _, _, desc = wrap_step_for_speed(None, None, cfg, torch.device("cuda"), None, lambda: iter(()))
+        assert want in desc and "eager step (cuda_graphs=false)" in desc
+        if absent:
+            assert absent not in desc
+        else:
+            assert "D compiled (channels_last; R1 NCHW)" in desc

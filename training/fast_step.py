@@ -130,7 +130,8 @@ def wrap_step_for_speed(step: Any, dataset: Any, cfg: Any, device: torch.device,
         d_desc = (f", G render {'compiled' if cfg.g_compile else 'eager'} "
                   f"({'tuned' if cfg.g_gemm_tuning else 'plain'} GEMMs), "
                   f"D {'compiled' if cfg.d_compile else 'eager'} "
-                  f"({'channels_last' if cfg.d_channels_last else 'NCHW'})")
+                  f"({'channels_last' if cfg.d_channels_last else 'NCHW'}"
+                  f"{'; R1 NCHW' if cfg.d_channels_last and not cfg.r1_channels_last else ''})")
     if device.type != "cuda" or not cfg.cuda_graphs or cfg.deterministic:
         why = "CPU" if device.type != "cuda" else ("deterministic" if cfg.deterministic else "cuda_graphs=false")
         return step, reals_iter_fn(), f"eager step ({why}){d_desc}"

@@ -162,7 +162,6 @@ class _PerObjectLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight_t)
         ctx.bias_dtype = bias.dtype
-        ctx.split = split_count(x.shape[0], x.shape[1]) if _options["split_k"] else 1
         if _options["forward"] == "bmm_add":
             return torch.bmm(x, weight_t) + bias.view(1, 1, -1)                          # [B, N, c_out]
         return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)                          # [B, N, c_out]
@@ -174,7 +173,10 @@ class _PerObjectLinear(torch.autograd.Function):
         c_out = weight_t.shape[2]
         grad = grad.contiguous()
         gx = torch.bmm(grad, weight_t.transpose(1, 2)) if ctx.needs_input_grad[0] else None   # [B, N, c_in]
-        gw = weight_grad(x, grad, ctx.split) if ctx.needs_input_grad[1] else None             # [B, c_in, c_out]
+        gw = None
+        if ctx.needs_input_grad[1]:
+            split = split_count(x.shape[0], x.shape[1]) if _options["split_k"] else 1
+            gw = weight_grad(x, grad, split)                                                  # [B, c_in, c_out]
         gb = None
         if ctx.needs_input_grad[2]:
             flat = grad.reshape(-1, c_out)                                                     # [B*N, c_out]

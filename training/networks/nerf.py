@@ -61,7 +61,8 @@ class NeRFMLP(nn.Module):
         output layer to 8 outputs, with zero weights (the same function; aligned GEMMs)."""
         pe = positional_encoding(pts, self.multires)                    # [B, N, 63]
         pe_dim = pe.shape[-1]
-        pad = -pe_dim % 8 if hyper.linear_options()["pad_inputs"] else 0
+        aligned = hyper.linear_options()["pad_inputs"]
+        pad = -pe_dim % 8 if aligned else 0
         if pad:
             pe = F.pad(pe, [0, pad])                                    # [B, N, 64]
         h = pe
@@ -72,7 +73,7 @@ class NeRFMLP(nn.Module):
                 weight_t = F.pad(weight_t, [0, 0, 0, pad])              # zero rows for the padded columns
             elif pad and self.uses_skip and i == self.skip_after + 1:
                 weight_t = torch.cat([F.pad(weight_t[:, :pe_dim], [0, 0, 0, pad]), weight_t[:, pe_dim:]], dim=1)
-            out_pad = -c_out % 8 if pad and i == last else 0
+            out_pad = -c_out % 8 if aligned and i == last else 0
             if out_pad:
                 weight_t, bias = F.pad(weight_t, [0, out_pad]), F.pad(bias, [0, out_pad])
             h = layer.apply_weights(h, weight_t, bias)                  # [B, N, c_out (+ out_pad)]
