@@ -132,11 +132,11 @@ def run_variant(name: str, presets: str, precision: str, device, data, steps: in
 def parse_linear(spec: str) -> dict:
     """'base' -> every option off; 'forward=bmm_add,split_k=1' -> set_linear_options keywords."""
     if spec == "base":
-        return {"forward": "baddbmm", "split_k": False, "pad_inputs": False}
+        return {"forward": "baddbmm", "split_k": False, "pad_inputs": False, "fused": False}
     out: dict = {}
     for item in spec.split(","):
         key, _, value = item.partition("=")
-        if key not in ("forward", "split_k", "pad_inputs") or not value:
+        if key not in ("forward", "split_k", "pad_inputs", "fused") or not value:
             sys.exit(f"error: bad --linear item {item!r}")
         out[key] = value if key == "forward" else value not in ("0", "false", "False")
     return out

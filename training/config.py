@@ -78,6 +78,8 @@ class TrainConfig:
     g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
     g_gemm_tuning: bool = True           # G's per-object layers: split-K weight gradients, 8-aligned encoding and
                                          # output (same function; false = one plain GEMM each, unpadded)
+    g_train_mlp: str = "auto"            # G's MLP in training: auto (fused Triton layers where object_linear runs:
+                                         # sm_80+ GPUs, fp16/bf16) | fused (always the fused chain) | torch (cuBLAS)
     # Augmentation (training/augment.py).
     aug: str = "fixed"                   # fixed (crop + x-flip at p) | ada (adaptive p) | noaug (crop only, p = 0)
     p: float | None = None               # augmentation probability; None = 0.5 for fixed, 0 for ada (initial value)
@@ -130,6 +132,8 @@ class TrainConfig:
         from training.networks.generator import MLP_MODES
         need(self.metrics_mlp in MLP_MODES, f"metrics_mlp '{self.metrics_mlp}' is not one of {', '.join(MLP_MODES)} "
              f"(auto = the fused Triton MLP where it can run, else PyTorch; torch = always the PyTorch path).")
+        need(self.g_train_mlp in MLP_MODES, f"g_train_mlp '{self.g_train_mlp}' is not one of {', '.join(MLP_MODES)} "
+             f"(auto = G's fused Triton layers where they can run, else cuBLAS; torch = always cuBLAS).")
         for name in ("batch", "gpus", "patch_size", "num_samples", "num_layers", "width", "synth_resolution",
                      "synth_count", "d_reg_interval", "g_reg_interval", "ada_interval", "grid_w", "grid_h",
                      "ray_chunk", "mbstd_group", "max_bad_steps", "z_dim", "w_dim", "rank"):

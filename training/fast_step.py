@@ -127,8 +127,10 @@ def wrap_step_for_speed(step: Any, dataset: Any, cfg: Any, device: torch.device,
     """
     d_desc = ""
     if device.type == "cuda":
+        from training.networks import hyper
         d_desc = (f", G render {'compiled' if cfg.g_compile else 'eager'} "
-                  f"({'tuned' if cfg.g_gemm_tuning else 'plain'} GEMMs), "
+                  f"({'tuned' if cfg.g_gemm_tuning else 'plain'} GEMMs"
+                  f"{', fused layers' if hyper.linear_options()['fused'] else ''}), "
                   f"D {'compiled' if cfg.d_compile else 'eager'} "
                   f"({'channels_last' if cfg.d_channels_last else 'NCHW'}"
                   f"{'; R1 NCHW' if cfg.d_channels_last and not cfg.r1_channels_last else ''})")

@@ -45,8 +45,20 @@ def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
     torch.backends.cudnn.allow_tf32 = False
     from torch_utils.ops.fir import set_fir_impl
     from training.networks import hyper
-    hyper.set_linear_options(split_k=cfg.g_gemm_tuning, pad_inputs=cfg.g_gemm_tuning)
+    hyper.set_linear_options(split_k=cfg.g_gemm_tuning, pad_inputs=cfg.g_gemm_tuning,
+                             fused=train_mlp_fused(cfg, device))
     set_fir_impl(cfg.d_fir)
+
+
+def train_mlp_fused(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether G's MLP trains on the fused `object_linear` layers: cfg.g_train_mlp fused -> yes, torch -> no, auto
+    -> where the kernel runs on `device` in the run's 16-bit precision (sm_80+, triton, self-check passed)."""
+    if cfg.g_train_mlp != "auto":
+        return cfg.g_train_mlp == "fused"
+    from torch_utils.ops import object_linear
+    from training.phases import resolve_precision
+    _, dtype = resolve_precision(cfg.precision, device)
+    return dtype is not None and device.type == "cuda" and object_linear.available(device, dtype)
 
 
 def open_dataset(cfg: TrainConfig, rank: int = 0) -> tuple[Any, dict]:

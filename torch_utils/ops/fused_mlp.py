@@ -559,8 +559,10 @@ _CHILD_CODE = (
 SELF_CHECK_TIMEOUT_S = 900   # first compilation of both configurations; seconds on sm_80 / sm_90
 
 
-def _self_check_isolated(device: torch.device, dtype: torch.dtype, code: str = _CHILD_CODE) -> tuple[bool, str]:
-    """`_self_check` in a fresh Python process on the same GPU: (passed, reason when not). Never raises."""
+def _self_check_isolated(device: torch.device, dtype: torch.dtype, code: str = _CHILD_CODE,
+                         mark: str = _CHILD_MARK) -> tuple[bool, str]:
+    """`code` (default: `_self_check`) in a fresh Python process on the same GPU: (passed, reason when not); the
+    child prints a last line `mark ok` or `mark mismatch`. Never raises."""
     root = str(Path(__file__).resolve().parents[2])   # the repository root: torch_utils is importable from there
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     argv = [sys.executable, "-c", code, str(device.index or 0), str(dtype).removeprefix("torch.")]
@@ -568,7 +570,7 @@ def _self_check_isolated(device: torch.device, dtype: torch.dtype, code: str = _
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root, timeout=SELF_CHECK_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError) as exc:
         return False, f"the self-check process did not finish ({type(exc).__name__}: {exc})"
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_CHILD_MARK)]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(mark)]
     if proc.returncode == 0 and lines and lines[-1].split()[-1] == "ok":
         return True, ""
     if proc.returncode == 0 and lines:

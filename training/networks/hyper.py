@@ -81,11 +81,11 @@ class HyperLinear(nn.Module):
 
 
 LINEAR_FORWARDS = ("baddbmm", "bmm_add")
-_options = {"forward": "baddbmm", "split_k": True, "pad_inputs": True}
+_options = {"forward": "baddbmm", "split_k": True, "pad_inputs": True, "fused": False}
 
 
 def set_linear_options(forward: str | None = None, split_k: bool | None = None,
-                       pad_inputs: bool | None = None) -> dict:
+                       pad_inputs: bool | None = None, fused: bool | None = None) -> dict:
     """Choose how the per-object NeRF layers run (every choice computes the same function); returns the old options.
 
     forward: 'baddbmm' (one GEMM that adds the bias; it materialises the bias broadcast first) or 'bmm_add' (GEMM,
@@ -94,6 +94,9 @@ def set_linear_options(forward: str | None = None, split_k: bool | None = None,
     x^T @ grad as partial GEMMs over chunks of points, summed in fp32 (one GEMM over N = 32768+ points runs on a few
     dozen thread blocks). pad_inputs: pad the 63-wide encoding (and the skip layer's 191-wide input) to multiples of
     8 and the 4-wide output layer to 8, with zero weights, so cuBLAS can use its aligned fp16 kernels.
+    fused: run the whole MLP as `fused_layers` (one `object_linear` kernel per layer with bias + relu in its
+    epilogue, relu's backward mask in the epilogue of the layer above's input-gradient GEMM); `forward` then does
+    not apply. Off by default; training turns it on where `object_linear.available` (sm_80+ GPUs).
     """
     old = dict(_options)
     if forward is not None:
@@ -104,6 +107,8 @@ def set_linear_options(forward: str | None = None, split_k: bool | None = None,
         _options["split_k"] = bool(split_k)
     if pad_inputs is not None:
         _options["pad_inputs"] = bool(pad_inputs)
+    if fused is not None:
+        _options["fused"] = bool(fused)
     return old
 
 
@@ -177,8 +182,62 @@ class _PerObjectLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             split = split_count(x.shape[0], x.shape[1]) if _options["split_k"] else 1
             gw = weight_grad(x, grad, split)                                                  # [B, c_in, c_out]
-        gb = None
-        if ctx.needs_input_grad[2]:
-            flat = grad.reshape(-1, c_out)                                                     # [B*N, c_out]
-            gb = torch.mm(flat.new_ones([1, flat.shape[0]]), flat).view(-1).to(ctx.bias_dtype)  # [c_out]
+        gb = bias_grad(grad, ctx.bias_dtype) if ctx.needs_input_grad[2] else None
         return gx, gw, gb
+
+
+def bias_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Sum of grad [B, N, c_out] over objects and points -> [c_out] in `dtype`, as a GEMM with a row of ones."""
+    flat = grad.reshape(-1, grad.shape[-1])                                                 # [B*N, c_out]
+    return torch.mm(flat.new_ones([1, flat.shape[0]]), flat).view(-1).to(dtype)
+
+
+def fused_layers(pe: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], skip: int = -1) -> torch.Tensor:
+    """The NeRF MLP's chain of per-object layers on `object_linear`: pe [B, N, K0] (no gradient), layers
+    [(weight^T [B, c_in, c_out], bias [c_out])] in the compute dtype; every layer but the last is followed by relu,
+    layer `skip` takes [pe, h]. -> raw [B, N, c_out of the last layer]. Same function as the baddbmm + relu loop."""
+    flat = [t for pair in layers for t in pair]
+    return _FusedLayers.apply(pe, skip, pe.shape[-1], *flat)
+
+
+class _FusedLayers(torch.autograd.Function):
+    """Forward: h_{i+1} = relu(x_i @ W_i + b_i) with x_i = h_i (or [pe, h_i] at the skip layer), one kernel each; the
+    last layer is linear. Backward, from the top: weight and bias gradients from the saved inputs (`weight_grad`,
+    `bias_grad`); the input gradient of layer i, masked by relu's result h_i (= the h columns of x_i), is already
+    the gradient of layer i-1's pre-activation, so no separate relu backward runs. The encoding gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, pe: torch.Tensor, skip: int, pe_cols: int, *params: torch.Tensor) -> torch.Tensor:
+        from torch_utils.ops.object_linear import object_linear
+        n = len(params) // 2
+        h, inputs = pe, []
+        for i in range(n):
+            x = torch.cat([pe, h], dim=-1) if i == skip else h
+            inputs.append(x)
+            h = object_linear(x, params[2 * i], params[2 * i + 1], None, i < n - 1)
+        ctx.n, ctx.skip, ctx.pe_cols = n, skip, pe_cols
+        ctx.bias_dtypes = [params[2 * i + 1].dtype for i in range(n)]
+        ctx.save_for_backward(*inputs, *params[0::2])
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        from torch_utils.ops.object_linear import object_linear
+        if ctx.needs_input_grad[0]:
+            raise RuntimeError("fused_layers gives the encoding no gradient; use set_linear_options(fused=False)")
+        n = ctx.n
+        inputs, weights = ctx.saved_tensors[:n], ctx.saved_tensors[n:]
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        g = grad.contiguous()
+        for i in reversed(range(n)):
+            x, w = inputs[i], weights[i]
+            if ctx.needs_input_grad[3 + 2 * i]:
+                split = split_count(x.shape[0], x.shape[1]) if _options["split_k"] else 1
+                grads[2 * i] = weight_grad(x, g, split)                                     # [B, c_in, c_out]
+            if ctx.needs_input_grad[4 + 2 * i]:
+                grads[2 * i + 1] = bias_grad(g, ctx.bias_dtypes[i])                         # [c_out]
+            if i > 0:
+                lo = ctx.pe_cols if i == ctx.skip else 0                                    # the h columns of x
+                g = object_linear(g, w[:, lo:, :].transpose(1, 2), None, x[..., lo:], False)  # [B, N, c_h]
+        return (None, None, None, *grads)
