@@ -149,16 +149,13 @@ def phase_fns(step: TrainStep, reals: torch.Tensor, cfg) -> dict:
     b = real.shape[0]
 
     def gmain(_):
-        step.opt_G.zero_grad(set_to_none=True)
-        step._phase(step.loss.gmain(b), step.G_params, step.opt_G, step.guard_G)
+        step.gmain_phase(b)
 
     def dmain(_):
-        step.opt_D.zero_grad(set_to_none=True)
-        step._phase(step.loss.dmain(real)[0], step.D_params, step.opt_D, step.guard_D)
+        step.dmain_phase(real)
 
     def dreg(_):
-        step.opt_D.zero_grad(set_to_none=True)
-        step._phase(step.loss.dreg(real, cfg.d_reg_interval), step.D_params, step.opt_D, step.guard_Dreg)
+        step.dreg_phase(real)
 
     from training.loss import ema_beta, update_ema
 

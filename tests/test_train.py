@@ -325,3 +325,46 @@ def test_training_warns_when_g_does_not_learn(tiny_data, tmp_path, capsys, monke
     stats = [json.loads(s) for s in (only_run_dir(tmp_path / "frozen") / "stats.jsonl").read_text().splitlines()]
     assert [s["Progress/G_frozen"]["mean"] for s in stats] == [1.0, 1.0]
     assert [s["Progress/G_ema_frozen"]["mean"] for s in stats] == [1.0, 1.0]
+
+
+def test_gmain_freezes_d_only_for_its_own_backward(tiny_data):
+    """Gmain turns D's requires_grad off (D's backward then computes only input gradients): G's gradient is the one
+    of an unfrozen D, D gets no gradient, and D's parameters require grad again afterwards."""
+    cfg, nets, step = _smoke_step(tiny_data)
+    state = step.generator.get_state()                                     # a copy: the same draws twice
+    nets.G.zero_grad(set_to_none=True)
+    step.loss.gmain(4).backward(inputs=step.G_params)                     # D unfrozen, no optimiser step
+    want = [p.grad.clone() for p in step.G_params]
+    step.generator.set_state(state)
+    nets.D.zero_grad(set_to_none=True)
+    step.opt_G.step = lambda *a, **k: None                                 # keep G's weights to compare grads
+    step.gmain_phase(4)
+    assert all(p.requires_grad for p in step.D_params)
+    assert all(p.grad is None for p in step.D_params)
+    for p, w in zip(step.G_params, want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_d_is_recompiled_when_its_parameters_are_frozen():
+    """The compiled first-order D sees Gmain (frozen parameters) and Dmain (trainable) calls alternately; each must
+    get its own graph, or Dmain would train D with the graph of a frozen D (no weight gradients)."""
+    from training.networks.discriminator import Discriminator
+    torch.manual_seed(0)
+    D = Discriminator(16, channel_base=256, channel_max=32)
+    compiled = torch.compile(D, backend="aot_eager")
+    x = torch.randn(4, 3, 16, 16)
+    for _ in range(2):
+        for p in D.parameters():
+            p.requires_grad_(False)
+        xi = x.clone().requires_grad_(True)
+        compiled(xi).sum().backward()
+        assert xi.grad is not None and all(p.grad is None for p in D.parameters())
+        for p in D.parameters():
+            p.requires_grad_(True)
+        compiled(x).sum().backward()
+        got = [p.grad.clone() for p in D.parameters()]
+        D.zero_grad(set_to_none=True)
+        D(x).sum().backward()
+        for g, p in zip(got, D.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+        D.zero_grad(set_to_none=True)

@@ -79,28 +79,46 @@ class TrainStep:
         opt.step()
         return bad
 
+    def gmain_phase(self, n: int) -> torch.Tensor:
+        """Gmain: update G to fool D on n fresh fakes. Returns `bad` (0-dim bool).
+
+        D's parameters do not require grad during this phase (as the reference toggles requires_grad per phase), so
+        D's backward, compiled or not, computes only the input gradients that reach G, not D's weight gradients."""
+        self.opt_G.zero_grad(set_to_none=True)
+        frozen = [p for p in self.D_params if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            bad = self._phase(self.loss.gmain(n), self.G_params, self.opt_G, self.guard_G)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        if self.world > 1:
+            dist_utils.all_reduce_mean_buffers(self.G)   # w_avg tracks the global batch on every rank
+        return bad
+
+    def dmain_phase(self, real: torch.Tensor) -> torch.Tensor:
+        """Dmain: logistic loss on fresh fakes and the reals (real [b, 3, H, W] in [-1, 1]). Returns `bad`."""
+        self.opt_D.zero_grad(set_to_none=True)
+        d_loss, sign_sum = self.loss.dmain(real)
+        bad = self._phase(d_loss, self.D_params, self.opt_D, self.guard_D)
+        self.ada_acc.add_(torch.stack([sign_sum.float(), torch.full_like(sign_sum, real.shape[0]).float()]))
+        return bad
+
+    def dreg_phase(self, real: torch.Tensor) -> torch.Tensor:
+        """Dreg: lazy R1 on the full-resolution reals, multiplied by the interval. Returns `bad`."""
+        self.opt_D.zero_grad(set_to_none=True)
+        reg = self.loss.dreg(real, gain=self.cfg.d_reg_interval)
+        return self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg)
+
     def __call__(self, reals: torch.Tensor, step_idx: int) -> None:
         """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0."""
         cfg = self.cfg
         real = reals.to(torch.float32) / 127.5 - 1                                 # [b, 3, H, W] in [-1, 1]
-
-        # Gmain: update G to fool D on fresh fakes.
-        self.opt_G.zero_grad(set_to_none=True)
-        bad = self._phase(self.loss.gmain(real.shape[0]), self.G_params, self.opt_G, self.guard_G)
-        if self.world > 1:
-            dist_utils.all_reduce_mean_buffers(self.G)   # w_avg tracks the global batch on every rank
-
-        # Dmain: logistic loss on fresh fakes and the reals.
-        self.opt_D.zero_grad(set_to_none=True)
-        d_loss, sign_sum = self.loss.dmain(real)
-        bad = bad | self._phase(d_loss, self.D_params, self.opt_D, self.guard_D)
-        self.ada_acc.add_(torch.stack([sign_sum.float(), torch.full_like(sign_sum, real.shape[0]).float()]))
-
-        # Dreg: lazy R1 on the full-resolution reals, every d_reg_interval steps, multiplied by the interval.
-        if cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0:
-            self.opt_D.zero_grad(set_to_none=True)
-            reg = self.loss.dreg(real, gain=cfg.d_reg_interval)
-            bad = bad | self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg)
+        bad = self.gmain_phase(real.shape[0])
+        bad = bad | self.dmain_phase(real)
+        if cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0:   # lazy R1 every d_reg_interval steps
+            bad = bad | self.dreg_phase(real)
 
         # Update G_ema and counters.
         self.cur_nimg.add_(cfg.batch)

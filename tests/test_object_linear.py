@@ -1,0 +1,190 @@
+"""G's fused training layers (torch_utils/ops/object_linear.py, hyper.fused_layers): the op's reference semantics,
+the fused chain against the baddbmm + relu path (float64: values and every parameter gradient), the op inside a
+compiled graph, the Triton kernel under Triton's CPU interpreter, and the config switch g_train_mlp."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from torch_utils.ops import object_linear as ol
+from training.networks import hyper
+from training.networks.nerf import NeRFMLP
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_TRITON = ol.triton is not None
+
+
+@pytest.fixture(autouse=True)
+def restore_options():
+    old = hyper.linear_options()
+    yield
+    hyper.set_linear_options(**old)
+
+
+def test_reference_epilogue_semantics():
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]], dtype=torch.float64)        # [1, 3, 2]
+    w = torch.tensor([[[1.0, -2.0, float("nan")], [0.5, 1.0, 0.0]]], dtype=torch.float64)  # [1, 2, 3]
+    b = torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64)
+    y = ol.reference(x, w, b, None, relu=True)
+    assert y[0, 0, 0] == 1.0 and y[0, 0, 1] == 0.0 and torch.isnan(y[0, :, 2]).all()     # relu keeps NaN
+    assert y[0, 2, 0] == 0.0 and y[0, 2, 1] == 1.5
+    mask = torch.tensor([[[1.0, 0.0, -1.0], [float("nan"), 2.0, 0.0], [3.0, 3.0, 3.0]]], dtype=torch.float64)
+    g = ol.reference(x, w, None, mask, relu=False)
+    assert g[0, 0, 1] == 0.0 and g[0, 0, 2] == 0.0 and g[0, 1, 0] == 0.5                 # mask <= 0 -> 0, NaN kept
+    torch.testing.assert_close(g[0, 2], x[0, 2] @ w[0], equal_nan=True)
+    op = torch.ops.hypernerf.object_linear(x, w, b, None, True)
+    torch.testing.assert_close(op, y, equal_nan=True)
+
+
+def test_op_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"x \[B, N, K\] and w \[B, K, C\]"):
+        torch.ops.hypernerf.object_linear(torch.zeros(2, 5, 3), torch.zeros(2, 4, 6), None, None, False)
+    with pytest.raises(ValueError, match="bias must be"):
+        torch.ops.hypernerf.object_linear(torch.zeros(2, 5, 3), torch.zeros(2, 3, 6), torch.zeros(5), None, False)
+
+
+def _run(mlp: NeRFMLP, w: torch.Tensor, pts: torch.Tensor, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    hyper.set_linear_options(**options)
+    mlp.zero_grad()
+    raw = mlp(w, pts)                                                        # [B, N, 4]
+    (raw * torch.linspace(-1, 1, raw.numel(), dtype=raw.dtype).view_as(raw)).sum().backward()
+    return raw.detach(), [p.grad.clone() for p in mlp.parameters()]
+
+
+@pytest.mark.parametrize("num_layers", [4, 8])          # 8 layers: the skip layer takes [PE, h]
+def test_fused_chain_matches_the_plain_path(num_layers: int) -> None:
+    torch.manual_seed(0)
+    mlp = NeRFMLP(num_layers=num_layers, width=32, w_dim=16, rank=3).double()
+    w = torch.randn(3, 16, dtype=torch.float64)
+    pts = torch.randn(3, 4096, 3, dtype=torch.float64)
+    ref_raw, ref_grads = _run(mlp, w, pts, forward="baddbmm", split_k=False, pad_inputs=False, fused=False)
+    assert all(g.abs().sum() > 0 for g in ref_grads)
+    for pad, split in itertools.product((False, True), (False, True)):
+        raw, grads = _run(mlp, w, pts, split_k=split, pad_inputs=pad, fused=True)
+        torch.testing.assert_close(raw, ref_raw, rtol=1e-12, atol=1e-12)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+
+
+def test_fused_chain_compiles_without_graph_breaks() -> None:
+    torch.manual_seed(0)
+    mlp = NeRFMLP(num_layers=8, width=32, w_dim=16, rank=3)
+    w, pts = torch.randn(2, 16), torch.randn(2, 512, 3)
+    hyper.set_linear_options(fused=False)
+    ref = mlp(w, pts)
+    ref.square().sum().backward()
+    ref_grads = [p.grad.clone() for p in mlp.parameters()]
+    mlp.zero_grad()
+    hyper.set_linear_options(fused=True)
+    compiled = torch.compile(lambda a, b: mlp(a, b), backend="aot_eager", fullgraph=True)
+    out = compiled(w, pts)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for p, r in zip(mlp.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_chain_refuses_a_gradient_for_the_encoding() -> None:
+    pe = torch.randn(1, 8, 16, requires_grad=True)
+    layers = [(torch.randn(1, 16, 16, requires_grad=True), torch.zeros(16)), (torch.randn(1, 16, 8), torch.zeros(8))]
+    with pytest.raises(RuntimeError, match="gives the encoding no gradient"):
+        hyper.fused_layers(pe, layers).sum().backward()
+
+
+def test_launch_parameters_and_availability_on_cpu() -> None:
+    assert ol.available("cpu") is False
+    p = ol.default_launch(128, 128)
+    assert p["block_m"] >= 16 and p["block_k"] == 64
+    assert ol.default_launch(8, 128, masked=True)["block_k"] == 16
+    assert ol.default_launch(192, 128, masked=True)["block_k"] == 128
+
+
+def test_config_switch_and_start_line() -> None:
+    from training.config import UserError, resolve_config
+    from training.fast_step import wrap_step_for_speed
+    from training.training_loop import configure_torch, train_mlp_fused
+    cpu = torch.device("cpu")
+    assert train_mlp_fused(resolve_config("smoke"), cpu) is False                 # auto: no kernel on a CPU
+    assert train_mlp_fused(resolve_config("smoke", sets=["g_train_mlp=torch"]), cpu) is False
+    cfg = resolve_config("smoke", sets=["g_train_mlp=fused", "cuda_graphs=false"])
+    configure_torch(cfg, cpu)
+    assert hyper.linear_options()["fused"] is True
+    _, _, desc = wrap_step_for_speed(None, None, cfg, torch.device("cuda"), None, lambda: iter(()))
+    assert "(tuned GEMMs, fused layers)" in desc
+    configure_torch(resolve_config("smoke", sets=["g_train_mlp=torch"]), cpu)
+    assert hyper.linear_options()["fused"] is False
+    with pytest.raises(UserError, match="g_train_mlp 'triton' is not one of auto, fused, torch"):
+        resolve_config("smoke", sets=["g_train_mlp=triton"])
+
+
+_INTERPRETER_SCRIPT = textwrap.dedent("""
+    import json, torch
+    from torch_utils.ops import object_linear as ol
+    from training.networks import hyper
+    from training.networks.nerf import NeRFMLP
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    results = {}
+    gen = torch.Generator().manual_seed(0)
+    # (K, C, bias, relu, mask, N, block_m): the training shapes, ragged point counts and widths, strided weights.
+    cases = [(64, 128, True, True, False, 300, 64), (192, 128, True, True, False, 129, 32),
+             (128, 8, True, False, False, 77, 64), (128, 128, False, False, True, 100, 64),
+             (8, 128, False, False, True, 65, 32), (20, 40, True, True, True, 33, 16)]
+    for dt in (torch.float16, torch.float32):
+        for K, C, bias, relu, masked, N, bm in cases:
+            x = torch.randn([2, N, K], generator=gen).to(dt)
+            w = (torch.randn([2, C, K], generator=gen) / K ** 0.5).to(dt).transpose(1, 2)
+            b = torch.randn([C], generator=gen).to(dt) if bias else None
+            m = torch.randn([2, N, C], generator=gen).to(dt) if masked else None
+            got = ol.launch(x, w, b, m, relu, block_m=bm)
+            want = ol.reference(x, w, b, m, relu)
+            results[f"{dt}-K{K}-C{C}-N{N}"] = dict(shape=list(got.shape), dtype=str(got.dtype), rel=rel(got, want),
+                                                   zeros_match=bool(((got == 0) == (want == 0)).float().mean() > 0.999))
+    # The whole chain through the kernel (the op runs it for CPU tensors under the interpreter), fp32, with its
+    # gradients, against the plain baddbmm path.
+    torch.manual_seed(0)
+    mlp = NeRFMLP(num_layers=6, width=32, w_dim=16, rank=3)
+    w, pts = torch.randn(2, 16), torch.randn(2, 96, 3)
+    out = {}
+    for fused in (False, True):
+        hyper.set_linear_options(fused=fused)
+        mlp.zero_grad()
+        raw = mlp(w, pts)
+        raw.square().sum().backward()
+        out[fused] = (raw.detach(), [p.grad.clone() for p in mlp.parameters()])
+    results["chain"] = dict(raw=rel(out[True][0], out[False][0]),
+                            grads=max(rel(a, b) for a, b in zip(out[True][1], out[False][1])))
+    results["self_check"] = ol.self_check(torch.device("cpu"), torch.float16)
+    print("RESULTS " + json.dumps(results))
+""")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: the kernel is only tested under the Triton "
+                                           "interpreter or on a GPU")
+def test_kernel_under_triton_interpreter(tmp_path):
+    path = tmp_path / "run_object_linear_interpreted.py"
+    path.write_text(_INTERPRETER_SCRIPT)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, str(path)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1][8:])
+    assert results.pop("self_check") < 1e-3
+    chain = results.pop("chain")
+    assert chain["raw"] < 1e-5 and chain["grads"] < 1e-4, chain
+    for name, r in results.items():
+        dt = name.split("-")[0]
+        n, c = int(name.split("-N")[1]), int(name.split("-C")[1].split("-")[0])
+        assert r["shape"] == [2, n, c] and r["dtype"] == dt and r["zeros_match"], (name, r)
+        assert r["rel"] < (2e-3 if "float16" in dt else 1e-5), (name, r)
