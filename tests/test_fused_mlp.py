@@ -473,3 +473,51 @@ def test_env_switch_turns_the_kernel_off_without_a_self_check(monkeypatch):
     assert fm.available(torch.device("cuda", 0)) is False and calls == []
     monkeypatch.setenv("HNG_FUSED_MLP", "1")
     assert fm.available(torch.device("cuda", 0)) is True and calls == [torch.float16]
+
+
+_FAKES_SCRIPT = textwrap.dedent("""
+    import json, torch
+    from training.config import resolve_config
+    from training.loss import HyperNeRFGANLoss
+    from training.training_loop import build_networks
+    cfg = resolve_config("smoke")
+    nets = build_networks(cfg, 32, torch.device("cpu"))
+    loss = HyperNeRFGANLoss(nets.G, nets.D, None, cfg.patch_size, 1.0, generator=torch.Generator().manual_seed(0),
+                            fakes_mlp="fused")
+    loss._render = torch.compile(loss._render_eager, backend="aot_eager")   # as training compiles it
+    state = loss.generator.get_state()
+    with torch.no_grad():
+        fused = loss.run_G(2, mlp="fused")
+        loss.generator.set_state(state)
+        plain = loss.run_G(2, mlp="torch")
+    print("RESULTS " + json.dumps(dict(path=nets.G.mlp_path("fused", "cpu", grad_enabled=False),
+                                       shape=list(fused.shape), max_abs=(fused - plain).abs().max().item(),
+                                       scale=plain.abs().mean().item())))
+""")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the kernel is only tested under the "
+                                           "Triton interpreter or on a GPU")
+def test_dmain_fakes_through_the_kernel_inside_a_compiled_render(tmp_path):
+    """Dmain's no-grad fakes (g_fakes_mlp): the fused kernel called from a torch.compile'd render (its launch
+    stays eager) gives the patch of the PyTorch path, from the same draws."""
+    r = _run_interpreted(tmp_path, "run_fakes_interpreted.py", _FAKES_SCRIPT)
+    assert r["path"] == "fused" and r["shape"] == [2, 3, 16, 16]
+    assert r["max_abs"] < 5e-3 and r["scale"] > 0.01, r
+
+
+def test_fakes_path_on_cpu():
+    from dnnlib.util import UserError
+    from training.config import resolve_config
+    from training.phases import fakes_mlp_path
+    from training.training_loop import build_networks
+    cfg = resolve_config("smoke")
+    G = build_networks(cfg, 32, torch.device("cpu")).G
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert fakes_mlp_path(cfg, G, torch.device("cpu"), torch.float16) == "torch"
+        with pytest.raises(UserError, match="g_fakes_mlp=fused"):
+            fakes_mlp_path(resolve_config("smoke", sets=["g_fakes_mlp=fused"]), G, torch.device("cpu"),
+                           torch.float16)
+    assert fakes_mlp_path(cfg, G, torch.device("cpu"), None) == "torch"          # auto needs the fp16 step
+    assert fakes_mlp_path(resolve_config("smoke", sets=["g_fakes_mlp=torch"]), G, torch.device("cpu"),
+                          torch.float16) == "torch"

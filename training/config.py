@@ -80,6 +80,8 @@ class TrainConfig:
                                          # output (same function; false = one plain GEMM each, unpadded)
     g_train_mlp: str = "auto"            # G's MLP in training: auto (fused Triton layers where object_linear runs:
                                          # sm_80+ GPUs, fp16/bf16) | fused (always the fused chain) | torch (cuBLAS)
+    g_fakes_mlp: str = "auto"            # Dmain's no-grad fakes: auto (the fused forward-only render kernel where it
+                                         # runs, fp16) | fused (that or an error) | torch (G's training layers)
     # Augmentation (training/augment.py).
     aug: str = "fixed"                   # fixed (crop + x-flip at p) | ada (adaptive p) | noaug (crop only, p = 0)
     p: float | None = None               # augmentation probability; None = 0.5 for fixed, 0 for ada (initial value)
@@ -134,6 +136,8 @@ class TrainConfig:
              f"(auto = the fused Triton MLP where it can run, else PyTorch; torch = always the PyTorch path).")
         need(self.g_train_mlp in MLP_MODES, f"g_train_mlp '{self.g_train_mlp}' is not one of {', '.join(MLP_MODES)} "
              f"(auto = G's fused Triton layers where they can run, else cuBLAS; torch = always cuBLAS).")
+        need(self.g_fakes_mlp in MLP_MODES, f"g_fakes_mlp '{self.g_fakes_mlp}' is not one of {', '.join(MLP_MODES)} "
+             f"(auto = the fused render kernel for Dmain's fakes where it can run; torch = G's training layers).")
         for name in ("batch", "gpus", "patch_size", "num_samples", "num_layers", "width", "synth_resolution",
                      "synth_count", "d_reg_interval", "g_reg_interval", "ada_interval", "grid_w", "grid_h",
                      "ray_chunk", "mbstd_group", "max_bad_steps", "z_dim", "w_dim", "rank"):

@@ -184,7 +184,8 @@ class HyperNeRFGANLoss:
                  patch_size: int, r1_gamma: float, generator: torch.Generator | None = None,
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
                  d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False,
-                 r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0, r1_channels_last: bool = True) -> None:
+                 r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0, r1_channels_last: bool = True,
+                 fakes_mlp: str = "torch") -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.patch_size = patch_size
         self.max_spacing = max_spacing   # > 1: random-scale windows (config patch_max_spacing), reals alike
@@ -193,6 +194,7 @@ class HyperNeRFGANLoss:
         self.g_dtype = g_dtype      # autocast dtype of the G MLP (None = fp32); compositing stays fp32 inside G
         self.d_dtype = d_dtype      # D mp_dtype (None = fp32)
         self.r1_dtype = r1_dtype    # D mp_dtype of the R1 phase (None = fp32)
+        self.fakes_mlp = fakes_mlp  # 'fused': Dmain's no-grad fakes through the fused render kernel (resolved)
         self.d_channels_last = d_channels_last
         self.r1_channels_last = d_channels_last and r1_channels_last   # R1's eager D: NHWC only if D is
         # torch.compile'd D for the first-order phases (fuses bias/lrelu/gain/clamp around every conv). R1 needs a
@@ -210,11 +212,12 @@ class HyperNeRFGANLoss:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self._device().type, dtype=self.g_dtype)
 
-    def run_G(self, n: int, update_w_avg: bool = False) -> torch.Tensor:
+    def run_G(self, n: int, update_w_avg: bool = False, mlp: str = "torch") -> torch.Tensor:
         """Render n fake P x P patches with fresh z, poses and windows; training noise on. -> [n, 3, P, P] fp32.
 
         Draw order from the generator: z, poses, windows, stratified offsets, density noise (the order G.forward
-        would draw them in), so the result equals G(z, ..., generator=gen) exactly.
+        would draw them in), so the result equals G(z, ..., generator=gen) exactly. mlp: 'fused' evaluates the NeRF
+        MLP with the fused forward-only kernel (the caller resolved it with `resolve_mlp`; no-grad renders only).
         """
         gen, dev = self.generator, self._device()
         z = self.G.sample_z(n, generator=gen, device=dev)                               # [n, z_dim]
@@ -222,14 +225,15 @@ class HyperNeRFGANLoss:
         scale = {"max_spacing": self.max_spacing} if self.max_spacing > 1 else {}       # G-like stand-ins too
         window = self.G.sample_windows(n, self.patch_size, generator=gen, device=dev, **scale)  # [n, 2] or [n, 3]
         u, noise = self.G.sample_randomness(n, self.patch_size, generator=gen, device=dev)  # [n, P*P, S] each
-        return self._render(z, c2w, window, u, noise, update_w_avg)                     # [n, 3, P, P]
+        return self._render(z, c2w, window, u, noise, update_w_avg, mlp)                # [n, 3, P, P]
 
     def _render_eager(self, z: torch.Tensor, c2w: torch.Tensor, window: torch.Tensor, u: torch.Tensor | None,
-                      noise: torch.Tensor | None, update_w_avg: bool) -> torch.Tensor:
+                      noise: torch.Tensor | None, update_w_avg: bool, mlp: str = "torch") -> torch.Tensor:
         """G's perturbed patch render from pre-drawn randomness (a pure function of tensors, compilable)."""
+        extra = {"mlp": "fused"} if mlp == "fused" else {}
         with self._autocast():
             img = self.G(z, c2w, window=window, patch_size=self.patch_size, perturb=True,
-                         update_w_avg=update_w_avg, randomness=(u, noise))
+                         update_w_avg=update_w_avg, randomness=(u, noise), **extra)
         return img.float()
 
     def augment(self, img: torch.Tensor) -> torch.Tensor:
@@ -286,7 +290,7 @@ class HyperNeRFGANLoss:
     def dmain(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D loss on fresh fakes and the reals. real: [n, 3, H, W] in [-1, 1]. Returns (loss, sum of sign(D(real)))."""
         with torch.no_grad():
-            fake = self.run_G(real.shape[0])
+            fake = self.run_G(real.shape[0], mlp=self.fakes_mlp)
         # Augment fakes then reals (the draw order of two run_D calls), then score both in one D call where exact.
         fake_logits, real_logits = self.score_pair(self.augment(fake), self.augment(real))  # [n, 1] each
         loss = F.softplus(fake_logits) + F.softplus(-real_logits)

@@ -32,6 +32,16 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, torch.
     return precision, dtype
 
 
+def fakes_mlp_path(cfg: TrainConfig, G: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> str:
+    """The NeRF MLP path of Dmain's no-grad fakes for cfg.g_fakes_mlp: 'fused' (the forward-only render kernel,
+    fp16) or 'torch'. auto: fused where the kernel runs and the step runs in fp16 (the kernel's dtype); fused: that
+    or a UserError saying why not."""
+    if cfg.g_fakes_mlp == "auto" and dtype != torch.float16:
+        return "torch"
+    from training.networks.generator import resolve_mlp
+    return resolve_mlp(G, cfg.g_fakes_mlp, device, grad_enabled=False, option="g_fakes_mlp={}")
+
+
 class TrainStep:
     """Owns the optimisers, gradient guards, loss and device counters of a run; `__call__` performs one step."""
 
@@ -62,7 +72,8 @@ class TrainStep:
                                      r1_channels_last=cfg.r1_channels_last,
                                      compile_d=cfg.d_compile and device.type == "cuda",
                                      compile_g=cfg.g_compile and device.type == "cuda",
-                                     r1_dtype=None if cfg.r1_fp32 else dtype, max_spacing=cfg.patch_max_spacing)
+                                     r1_dtype=None if cfg.r1_fp32 else dtype, max_spacing=cfg.patch_max_spacing,
+                                     fakes_mlp=fakes_mlp_path(cfg, G, device, dtype))
         z = lambda dt=torch.int64: torch.zeros([], dtype=dt, device=device)  # noqa: E731
         self.cur_nimg = z()                      # images shown to D over all ranks
         self.bad_consec = z()                    # current run of consecutive steps with non-finite gradients

@@ -177,6 +177,7 @@ class Generator(nn.Module):
             return f"its one-time self-check on {device} failed (see the warning above)"
         return None
 
+    @torch.compiler.disable   # a host-side decision (self-check subprocess, device query): never traced
     def mlp_path(self, mode: str = "auto", device: torch.device | str | None = None,
                  grad_enabled: bool | None = None, option: str = "--mlp {}") -> str:
         """The MLP path, 'fused' or 'torch', of a render on `device` (default: G's) for `mode` in MLP_MODES.
@@ -201,8 +202,11 @@ class Generator(nn.Module):
         """The fused Triton MLP (fp16) for these weights; the caller has checked `mlp_path` (-> 'fused')."""
         from torch_utils.ops import fused_mlp as fm
         cfg = fm.mlp_config(self.nerf)
-        packed = fm.pack_weights(weights, dtype=torch.float16, **cfg)             # cast + pad once per render
-        return lambda pts: fm.fused_evaluate(packed, pts, dtype=torch.float16, **cfg)
+        # Both calls stay eager inside a torch.compile'd render (training's no-grad fakes): Dynamo runs them as they
+        # are instead of tracing the kernel launch; a CUDA graph records the launch like any other.
+        packed = torch.compiler.disable(fm.pack_weights)(weights, dtype=torch.float16, **cfg)   # once per render
+        evaluate = torch.compiler.disable(fm.fused_evaluate)
+        return lambda pts: evaluate(packed, pts, dtype=torch.float16, **cfg)
 
     def _field(self, w: torch.Tensor, fused: bool = False) -> FieldFn:
         """Build the per-object NeRF weights once; return field(pts [B, N, 3]) -> (rgb [B, N, 3], raw_sigma [B, N]).
