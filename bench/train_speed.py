@@ -97,7 +97,7 @@ def run_variant(name: str, presets: str, precision: str, device, data, steps: in
     if linear:                                  # after make_step, whose configure_torch applies the config's choice
         hyper.set_linear_options(**linear)
     if naive:
-        step.loss.run_G = lambda n, update_w_avg=False: naive_run_G(step.loss, n, update_w_avg)
+        step.loss.run_G = lambda n, update_w_avg=False, mlp="torch": naive_run_G(step.loss, n, update_w_avg)
         step.loss.d_dtype = torch.float16           # the reference D runs its conv blocks in fp16
     cache = DeviceImageCache(data, device) if graphed else None
     wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache, enabled=graphed)

@@ -81,3 +81,24 @@ def test_weights_stay_fp32_under_autocast() -> None:
     assert weight_t.dtype == torch.float32 and bias.dtype == torch.float32
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(weight_t, ref_t)
+
+
+def test_one_gemm_for_every_layers_affine_is_the_same_function():
+    from training.networks import hyper
+    from training.networks.nerf import NeRFMLP
+    torch.manual_seed(0)
+    mlp = NeRFMLP(num_layers=6, width=32, w_dim=16, rank=3).double()
+    for layer in mlp.layers:                                          # non-zero biases, so their gradient shows
+        torch.nn.init.normal_(layer.affine.bias)
+    w = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    got = hyper.affine_styles(list(mlp.layers), w)
+    want = [layer.affine(w) for layer in mlp.layers]
+    assert [g.shape for g in got] == [t.shape for t in want]
+    for g, t in zip(got, want):
+        torch.testing.assert_close(g, t, rtol=1e-12, atol=1e-12)
+    coef = [torch.randn_like(t) for t in want]
+    params = [w, *[p for layer in mlp.layers for p in layer.affine.parameters()]]
+    g_got = torch.autograd.grad(sum((c * g).sum() for c, g in zip(coef, got)), params)
+    g_want = torch.autograd.grad(sum((c * t).sum() for c, t in zip(coef, want)), params)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)

@@ -55,11 +55,14 @@ class HyperLinear(nn.Module):
         self.weight = nn.Parameter(torch.randn([out_features, in_features]))
         self.bias = nn.Parameter(torch.zeros([out_features]))
 
-    def build(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """w [B, w_dim] -> (weight^T [B, c_in, c_out] with the input gain folded in, bias [c_out]); fp32 or wider."""
+    def build(self, w: torch.Tensor, styles: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """w [B, w_dim] -> (weight^T [B, c_in, c_out] with the input gain folded in, bias [c_out]); fp32 or wider.
+        styles: this layer's affine(w) when the caller computed it (`affine_styles`, one GEMM for every layer)."""
         dtype = compute_dtype(w.dtype)
         with torch.autocast(device_type=w.device.type, enabled=False):
-            styles = self.affine(w.to(dtype))                                            # [B, (c_in+c_out) r]
+            if styles is None:
+                styles = self.affine(w.to(dtype))                                        # [B, (c_in+c_out) r]
+            styles = styles.to(dtype)
             weight = fmm_weights(self.weight.to(dtype), styles, self.rank)               # [B, c_out, c_in]
             if self.input_gain != 1.0:
                 k = self.input_gain_start
@@ -78,6 +81,19 @@ class HyperLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, input_gain={self.input_gain:g}"
+
+
+def affine_styles(layers: list[HyperLinear], w: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's affine(w) [B, (c_in + c_out) r] as one GEMM over the layers' weights concatenated (the same
+    function as calling each affine: at batch 4 the separate GEMMs are a dozen latency-bound kernels per step,
+    forward and backward). fp32 or wider, also under autocast."""
+    dtype = compute_dtype(w.dtype)
+    affines = [layer.affine for layer in layers]
+    with torch.autocast(device_type=w.device.type, enabled=False):
+        weight = torch.cat([a.weight.to(dtype) * a.weight_gain for a in affines])        # [sum out, w_dim]
+        bias = torch.cat([a.bias.to(dtype) * a.bias_gain for a in affines])              # [sum out]
+        styles = F.linear(w.to(dtype), weight, bias)                                     # [B, sum out]
+    return list(styles.split([a.out_features for a in affines], dim=1))
 
 
 LINEAR_FORWARDS = ("baddbmm", "bmm_add")

@@ -51,8 +51,10 @@ class NeRFMLP(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def build_weights(self, w: torch.Tensor) -> LayerWeights:
-        """w [B, w_dim] -> per layer (weight^T [B, c_in, c_out], bias [c_out]), in fp32 (or float64)."""
-        return [layer.build(w) for layer in self.layers]
+        """w [B, w_dim] -> per layer (weight^T [B, c_in, c_out], bias [c_out]), in fp32 (or float64); the layers'
+        affine maps run as one GEMM (`hyper.affine_styles`)."""
+        styles = hyper.affine_styles(list(self.layers), w)
+        return [layer.build(w, s) for layer, s in zip(self.layers, styles)]
 
     def evaluate(self, weights: LayerWeights, pts: torch.Tensor) -> torch.Tensor:
         """Apply the built weights to points [B, N, 3] -> raw [B, N, 4] (dtype of the last GEMM).
