@@ -90,6 +90,8 @@ def test_fused_chain_compiles_without_graph_breaks() -> None:
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for p, r in zip(mlp.parameters(), ref_grads):
         torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():                                                  # Dmain's no-grad fakes, compiled
+        torch.testing.assert_close(compiled(w, pts), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_chain_refuses_a_gradient_for_the_encoding() -> None:
@@ -188,3 +190,16 @@ def test_kernel_under_triton_interpreter(tmp_path):
         n, c = int(name.split("-N")[1]), int(name.split("-C")[1].split("-")[0])
         assert r["shape"] == [2, n, c] and r["dtype"] == dt and r["zeros_match"], (name, r)
         assert r["rel"] < (2e-3 if "float16" in dt else 1e-5), (name, r)
+
+
+def test_fused_chain_without_grad_equals_the_plain_path() -> None:
+    torch.manual_seed(0)
+    mlp = NeRFMLP(num_layers=8, width=32, w_dim=16, rank=3).double()
+    w, pts = torch.randn(2, 16, dtype=torch.float64), torch.randn(2, 300, 3, dtype=torch.float64)
+    with torch.no_grad():
+        hyper.set_linear_options(fused=False)
+        want = mlp(w, pts)
+        hyper.set_linear_options(fused=True)
+        got = mlp(w, pts)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -226,14 +226,17 @@ class _FusedLayers(torch.autograd.Function):
     def forward(ctx, pe: torch.Tensor, skip: int, pe_cols: int, *params: torch.Tensor) -> torch.Tensor:
         from torch_utils.ops.object_linear import object_linear
         n = len(params) // 2
+        keep = any(ctx.needs_input_grad[3:])   # no-grad renders free each activation as the plain loop does
         h, inputs = pe, []
         for i in range(n):
             x = torch.cat([pe, h], dim=-1) if i == skip else h
-            inputs.append(x)
+            if keep:
+                inputs.append(x)
             h = object_linear(x, params[2 * i], params[2 * i + 1], None, i < n - 1)
         ctx.n, ctx.skip, ctx.pe_cols = n, skip, pe_cols
         ctx.bias_dtypes = [params[2 * i + 1].dtype for i in range(n)]
-        ctx.save_for_backward(*inputs, *params[0::2])
+        if keep:
+            ctx.save_for_backward(*inputs, *params[0::2])
         return h
 
     @staticmethod
