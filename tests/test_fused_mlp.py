@@ -248,8 +248,6 @@ def test_kernel_under_triton_interpreter(tmp_path):
 def _aot_compile(cc: int, dtype: str, num_layers: int, skip_layer: int, pipeline: bool) -> tuple[str, str]:
     """Compile _fused_mlp_kernel for cuda:cc with the default launch parameters and the specialisation a real launch
     gets (16-byte aligned pointers, N % 16 == 0). Returns (PTX, ptxas -v report)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     launch = fm.default_launch(torch.device("cuda"))
@@ -261,8 +259,15 @@ def _aot_compile(cc: int, dtype: str, num_layers: int, skip_layer: int, pipeline
     sig.update({k: "constexpr" for k in const})
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(9)}
     src = ASTSource(fn=fm._fused_mlp_kernel, signature=sig, constexprs=const, attrs=attrs)
+    return ptx_and_report(src, cc, launch["num_warps"], launch["num_stages"])
+
+
+def ptx_and_report(src, cc: int, num_warps: int, num_stages: int) -> tuple[str, str]:
+    """Compile a triton ASTSource for cuda:cc (no GPU needed) -> (PTX, ptxas -v report, empty without ptxas)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
     kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                            options=dict(num_warps=launch["num_warps"], num_stages=launch["num_stages"]))
+                            options=dict(num_warps=num_warps, num_stages=num_stages))
     ptx = kernel.asm["ptx"]
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     report = ""

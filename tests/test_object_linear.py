@@ -203,3 +203,28 @@ def test_fused_chain_without_grad_equals_the_plain_path() -> None:
         got = mlp(w, pts)
     assert not got.requires_grad
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: the GPU compile path is not checked")
+@pytest.mark.parametrize("cc,dtype,K,C,masked", [(90, "fp16", 128, 128, False), (90, "fp16", 128, 128, True),
+                                                 (90, "bf16", 192, 128, False), (80, "fp16", 8, 128, True),
+                                                 (80, "fp16", 128, 8, False)])
+def test_kernel_compiles_for_gpus(cc, dtype, K, C, masked):
+    """Ahead-of-time compile with the default launch (no GPU needed): the dots become tensor-core instructions."""
+    pytest.importorskip("triton.compiler")
+    from test_fused_mlp import ptx_and_report
+    try:
+        from triton.compiler import ASTSource
+    except ImportError as exc:                                   # a triton without this AOT API
+        pytest.skip(f"triton's ahead-of-time API differs: {exc}")
+    launch = ol.default_launch(K, C, masked=masked)
+    sig = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "m_ptr": f"*{dtype}",
+           "y_ptr": f"*{dtype}", "N": "i32", **{n: "i32" for n in ("sx_b", "sx_n", "sx_k", "sw_b", "sw_k", "sw_c",
+                                                                  "sm_b", "sm_n", "sm_c")}}
+    const = dict(K=K, C=C, HAS_BIAS=not masked, RELU=not masked, HAS_MASK=masked, BLOCK_M=launch["block_m"],
+                 BLOCK_C=max(16, 1 << (C - 1).bit_length()), BLOCK_K=launch["block_k"])
+    sig.update({k: "constexpr" for k in const})
+    src = ASTSource(fn=ol._object_linear_kernel, signature=sig, constexprs=const,
+                    attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})
+    ptx, report = ptx_and_report(src, cc, launch["num_warps"], launch["num_stages"])
+    assert ("wgmma.mma_async" if cc == 90 else "mma.sync") in ptx, report
