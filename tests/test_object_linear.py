@@ -4,21 +4,17 @@ compiled graph, the Triton kernel under Triton's CPU interpreter, and the config
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
+from test_fused_mlp import _run_interpreted, ptx_and_report
+from test_linear_options import _run
 from torch_utils.ops import object_linear as ol
 from training.networks import hyper
 from training.networks.nerf import NeRFMLP
 
-REPO = Path(__file__).resolve().parents[1]
 HAS_TRITON = ol.triton is not None
 
 
@@ -49,14 +45,6 @@ def test_op_rejects_bad_shapes():
         torch.ops.hypernerf.object_linear(torch.zeros(2, 5, 3), torch.zeros(2, 4, 6), None, None, False)
     with pytest.raises(ValueError, match="bias must be"):
         torch.ops.hypernerf.object_linear(torch.zeros(2, 5, 3), torch.zeros(2, 3, 6), torch.zeros(5), None, False)
-
-
-def _run(mlp: NeRFMLP, w: torch.Tensor, pts: torch.Tensor, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    hyper.set_linear_options(**options)
-    mlp.zero_grad()
-    raw = mlp(w, pts)                                                        # [B, N, 4]
-    (raw * torch.linspace(-1, 1, raw.numel(), dtype=raw.dtype).view_as(raw)).sum().backward()
-    return raw.detach(), [p.grad.clone() for p in mlp.parameters()]
 
 
 @pytest.mark.parametrize("num_layers", [4, 8])          # 8 layers: the skip layer takes [PE, h]
@@ -174,14 +162,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: the kernel is only tested under the Triton "
                                            "interpreter or on a GPU")
 def test_kernel_under_triton_interpreter(tmp_path):
-    path = tmp_path / "run_object_linear_interpreted.py"
-    path.write_text(_INTERPRETER_SCRIPT)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([sys.executable, str(path)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1][8:])
+    results = _run_interpreted(tmp_path, "run_object_linear_interpreted.py", _INTERPRETER_SCRIPT)
     assert results.pop("self_check") < 1e-3
     chain = results.pop("chain")
     assert chain["raw"] < 1e-5 and chain["grads"] < 1e-4, chain
@@ -212,7 +193,6 @@ def test_fused_chain_without_grad_equals_the_plain_path() -> None:
 def test_kernel_compiles_for_gpus(cc, dtype, K, C, masked):
     """Ahead-of-time compile with the default launch (no GPU needed): the dots become tensor-core instructions."""
     pytest.importorskip("triton.compiler")
-    from test_fused_mlp import ptx_and_report
     try:
         from triton.compiler import ASTSource
     except ImportError as exc:                                   # a triton without this AOT API

@@ -579,6 +579,38 @@ def _self_check_isolated(device: torch.device, dtype: torch.dtype, code: str = _
     return False, f"the self-check process failed (exit status {proc.returncode}): {tail[0][:300]}"
 
 
+def probe_kernel(device, dtype: torch.dtype, cache: dict, env_var: str, check, what: str, fallback: str) -> bool:
+    """Whether a Triton kernel of this package should run on `device` in `dtype` (shared by this module's
+    `available` and object_linear's): False when the environment sets `env_var`=0, without CUDA or triton, for a
+    dtype outside KERNEL_DTYPES or below MIN_CAPABILITY (before sm_80 Triton 3.5 emits FMA loops instead of tensor
+    cores, after minutes of compiling: measured ahead of time for sm_75, not timed on a T4); otherwise the answer of
+    `check(device, dtype) -> (ok, why)`, run once per device and dtype and cached in `cache` (call it outside CUDA
+    graph capture). Never raises; a failed check warns with the reason and `fallback` (the path used instead)."""
+    try:
+        device = torch.device(device)
+        if os.environ.get(env_var, "").strip() == "0":
+            return False
+        if device.type != "cuda" or triton is None or dtype not in KERNEL_DTYPES or not torch.cuda.is_available():
+            return False
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = (device.index, dtype)
+        if key not in cache:
+            try:
+                ok = torch.cuda.get_device_capability(device) >= MIN_CAPABILITY
+                if ok:
+                    ok, why = check(device, dtype)
+                    if not ok:
+                        warnings.warn(f"{what} self-check on {device} ({dtype}): {why}; using {fallback}")
+            except Exception as exc:  # compile errors, launch errors, ...
+                warnings.warn(f"{what} unavailable on {device} ({dtype}): {type(exc).__name__}: {exc}")
+                ok = False
+            cache[key] = ok
+        return cache[key]
+    except Exception:
+        return False
+
+
 def available(device, dtype: torch.dtype = torch.float16) -> bool:
     """True when the fused kernel should be used on `device` in `dtype`: a CUDA device of compute capability >= 8.0
     (on a T4, sm_75, Triton 3.5 has no tensor-core dots, so the cuBLAS-based PyTorch path is expected to be faster),
@@ -589,29 +621,5 @@ def available(device, dtype: torch.dtype = torch.float16) -> bool:
 
     HNG_FUSED_MLP=0 in the environment answers False without the self-check: under NVIDIA MPS a faulting kernel in
     any client (the self-check's child too) breaks every client of the server, i.e. every run side by side."""
-    try:
-        device = torch.device(device)
-        if os.environ.get("HNG_FUSED_MLP", "").strip() == "0":
-            return False
-        if device.type != "cuda" or triton is None or dtype not in KERNEL_DTYPES or not torch.cuda.is_available():
-            return False
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        key = (device.index, dtype)
-        if key not in _AVAILABLE:
-            try:
-                if torch.cuda.get_device_capability(device) < MIN_CAPABILITY:
-                    # Compiles and runs in fp16, but with FMA loops instead of tensor cores and after minutes of
-                    # compilation (measured ahead of time for sm_75; not timed on a T4): keep the PyTorch path.
-                    _AVAILABLE[key] = False
-                    return False
-                ok, why = _self_check_isolated(device, dtype)
-                if not ok:
-                    warnings.warn(f"fused MLP self-check on {device} ({dtype}): {why}; using the PyTorch path")
-            except Exception as exc:  # compile errors, launch errors, ...
-                warnings.warn(f"fused MLP unavailable on {device} ({dtype}): {type(exc).__name__}: {exc}")
-                ok = False
-            _AVAILABLE[key] = ok
-        return _AVAILABLE[key]
-    except Exception:
-        return False
+    return probe_kernel(device, dtype, _AVAILABLE, "HNG_FUSED_MLP", _self_check_isolated, "fused MLP",
+                        "the PyTorch path")

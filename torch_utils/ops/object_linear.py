@@ -207,26 +207,8 @@ def available(device, dtype: torch.dtype = torch.float16) -> bool:
     """True when G's training layers should run on the kernel on `device` in `dtype`: CUDA, compute capability >=
     8.0, triton importable, and `self_check` passed in a child process (a faulting kernel cannot break this
     process's CUDA context); cached per device and dtype. HNG_OBJECT_LINEAR=0 answers False. Never raises."""
-    try:
-        device = torch.device(device)
-        if os.environ.get("HNG_OBJECT_LINEAR", "").strip() == "0":
-            return False
-        if device.type != "cuda" or triton is None or dtype not in KERNEL_DTYPES or not torch.cuda.is_available():
-            return False
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.get_device_capability(device) < MIN_CAPABILITY:
-            return False
-        key = (device.index, dtype)
-        if key not in _AVAILABLE:
-            from torch_utils.ops.fused_mlp import _self_check_isolated
-            ok, why = _self_check_isolated(device, dtype, code=_CHILD_CODE, mark=_CHILD_MARK)
-            if not ok:
-                import warnings
-                warnings.warn(f"object_linear kernel disabled on {device}: {why}; G's layers use cuBLAS.")
-            _AVAILABLE[key] = ok
-        return _AVAILABLE[key]
-    except Exception as exc:  # noqa: BLE001 - a probe must never break training
-        import warnings
-        warnings.warn(f"object_linear availability check failed ({type(exc).__name__}: {exc}); using cuBLAS.")
-        return False
+    from torch_utils.ops.fused_mlp import _self_check_isolated, probe_kernel
+
+    def check(dev: torch.device, dt: torch.dtype) -> tuple[bool, str]:
+        return _self_check_isolated(dev, dt, code=_CHILD_CODE, mark=_CHILD_MARK)
+    return probe_kernel(device, dtype, _AVAILABLE, "HNG_OBJECT_LINEAR", check, "object_linear kernel", "cuBLAS")
