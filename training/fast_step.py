@@ -128,11 +128,11 @@ def wrap_step_for_speed(step: Any, dataset: Any, cfg: Any, device: torch.device,
     d_desc = ""
     if device.type == "cuda":
         from training.networks import hyper
+        fused_fakes = getattr(getattr(step, "loss", None), "fakes_mlp", "") == "fused"
         d_desc = (f", G render {'compiled' if cfg.g_compile else 'eager'} "
                   f"({'tuned' if cfg.g_gemm_tuning else 'plain'} GEMMs"
                   f"{', fused layers' if hyper.linear_options()['fused'] else ''}"
-                  f"{', fused-kernel fakes' if getattr(getattr(step, 'loss', None), 'fakes_mlp', '') == 'fused' else ''}"
-                  f"), "
+                  f"{', fused-kernel fakes' if fused_fakes else ''}), "
                   f"D {'compiled' if cfg.d_compile else 'eager'} "
                   f"({'channels_last' if cfg.d_channels_last else 'NCHW'}"
                   f"{'; R1 NCHW' if cfg.d_channels_last and not cfg.r1_channels_last else ''})")
