@@ -208,3 +208,8 @@ def test_kernel_compiles_for_gpus(cc, dtype, K, C, masked):
                     attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})
     ptx, report = ptx_and_report(src, cc, launch["num_warps"], launch["num_stages"])
     assert ("wgmma.mma_async" if cc == 90 else "mma.sync") in ptx, report
+
+
+def test_wide_layers_take_the_reference_path():
+    x, w = torch.randn(1, 5, 8), torch.randn(1, 8, ol.MAX_COLUMNS + 8)
+    torch.testing.assert_close(torch.ops.hypernerf.object_linear(x, w, None, None, True), torch.relu(x @ w))

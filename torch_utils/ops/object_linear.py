@@ -16,10 +16,11 @@ torch.relu), the mask zeroes where mask <= 0 (as relu's backward, threshold_back
 reaches the fp16 gradient guard.
 
 `object_linear` is a torch custom op (`torch.ops.hypernerf.object_linear`), opaque to torch.compile and
-capturable in CUDA graphs once compiled. On CUDA tensors it launches the Triton kernel (fp16 / bf16 inputs only:
-callers keep fp32 on cuBLAS, whose fp32 does not use TF32 here); on CPU it is `reference` (or the kernel under
-TRITON_INTERPRET=1, for tests). `available(device)` says whether training should use it: sm_80+ (on a T4, sm_75,
-Triton has no tensor-core dot), triton importable, and a self-check in a child process passed.
+capturable in CUDA graphs once compiled. On CUDA tensors it launches the Triton kernel (fp16 / bf16 inputs and at
+most MAX_COLUMNS outputs; fp32 stays on cuBLAS, whose fp32 does not use TF32 here); elsewhere it is `reference`
+(or the kernel under TRITON_INTERPRET=1, for tests). `available(device)` says whether training should use it:
+sm_80+ (on a T4, sm_75, Triton has no tensor-core dot), triton importable, and a self-check in a child process
+passed.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ except Exception:  # pragma: no cover - depends on the environment
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 MIN_CAPABILITY = (8, 0)
+MAX_COLUMNS = 256           # output columns of one program (wider layers take the reference path)
 
 
 def reference(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], mask: Optional[torch.Tensor],
@@ -130,8 +132,8 @@ def launch(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], mask:
     _check(x, w, bias, mask)
     B, N, K = x.shape
     C = w.shape[2]
-    if C > 256:
-        raise ValueError(f"object_linear's kernel takes at most 256 output columns, got {C}")
+    if C > MAX_COLUMNS:
+        raise ValueError(f"object_linear's kernel takes at most {MAX_COLUMNS} output columns, got {C}")
     w = w.to(x.dtype)
     bias = bias.to(x.dtype).contiguous() if bias is not None else None
     y = torch.empty([B, N, C], device=x.device, dtype=x.dtype)
@@ -158,7 +160,8 @@ def launch(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], mask:
 def object_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], mask: Optional[torch.Tensor],
                   relu: bool) -> torch.Tensor:
     """epilogue(x[b] @ w[b]) per object -> [B, N, C] in x's dtype (see the module docstring)."""
-    if (x.is_cuda and x.dtype in KERNEL_DTYPES) or (_interpreting() and triton is not None):
+    kernel = (x.is_cuda and x.dtype in KERNEL_DTYPES) or (_interpreting() and triton is not None)
+    if kernel and w.shape[-1] <= MAX_COLUMNS:
         return launch(x, w, bias, mask, relu)
     _check(x, w, bias, mask)
     return reference(x, w, bias, mask, relu)
