@@ -214,6 +214,39 @@ def gate_images(presets: str, device) -> dict:
     for n in ("bf16", "fp16"):
         out[f"{n}_pass"] = out[f"{n}_rel_l2"] <= 1e-2 and out[f"{n}_grad_cos"] >= 0.999
     out["pass"] = out["naive_vs_batched_max_abs"] <= 1e-4 and out["bf16_pass"] and out["fp16_pass"]
+    out.update(gate_fused_paths(G, z, c2w, win, cfg.patch_size, ref, weight, flat32))
+    return out
+
+
+def gate_fused_paths(G, z, c2w, win, patch: int, ref, weight, flat32) -> dict:
+    """The sm_80+ training paths against the fp16 cuBLAS layers on the same inputs: G's fused layers (image and
+    G-gradient) and Dmain's no-grad fakes through the fused render kernel (image). Recorded beside gate_images'
+    rows; `fused_pass` asks the fused layers to match the cuBLAS fp16 path (image rel L2 <= 1e-2, gradient cosine
+    >= 0.999) and the kernel fakes to stay within 1e-2 of the fp32 image."""
+    from torch_utils.ops import object_linear
+    if not object_linear.available(z.device, torch.float16):
+        return {"fused": "unavailable on this GPU"}
+    out, imgs, flats = {}, {}, {}
+    old = hyper.linear_options()
+    try:
+        for fused in (False, True):
+            hyper.set_linear_options(fused=fused)
+            with torch.autocast("cuda", dtype=torch.float16):
+                img = G(z, c2w, window=win, patch_size=patch)
+            grads = torch.autograd.grad((img.float() * weight).sum(), list(G.parameters()))
+            imgs[fused], flats[fused] = img.float().detach(), torch.cat([x.flatten() for x in grads])
+    finally:
+        hyper.set_linear_options(**old)
+    cos = torch.nn.functional.cosine_similarity
+    out["fp16_fused_rel_l2"] = ((imgs[True] - ref).norm() / ref.norm()).item()
+    out["fp16_fused_grad_cos"] = cos(flats[True], flat32, dim=0).item()
+    out["fused_vs_cublas_fp16_rel_l2"] = ((imgs[True] - imgs[False]).norm() / imgs[False].norm()).item()
+    out["fused_vs_cublas_fp16_grad_cos"] = cos(flats[True], flats[False], dim=0).item()
+    with torch.no_grad():
+        fakes = G(z, c2w, window=win, patch_size=patch, mlp=G.mlp_path("auto", z.device, grad_enabled=False))
+    out["kernel_fakes_rel_l2"] = ((fakes.float() - ref).norm() / ref.norm()).item()
+    out["fused_pass"] = out["fused_vs_cublas_fp16_rel_l2"] <= 1e-2 and out["fused_vs_cublas_fp16_grad_cos"] >= 0.999 \
+        and out["kernel_fakes_rel_l2"] <= 1e-2
     return out
 
 
