@@ -368,3 +368,35 @@ def test_compiled_d_is_recompiled_when_its_parameters_are_frozen():
         for g, p in zip(got, D.parameters()):
             torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
         D.zero_grad(set_to_none=True)
+
+
+def test_training_steps_on_the_fused_layers_equal_the_cublas_ones(tiny_data):
+    """Three full steps (Gmain, Dmain, lazy R1 at step 0) from the same state with G's MLP on the fused chain
+    (g_train_mlp=fused; on a CPU its op is the reference) and on the plain layers: the same G and D afterwards."""
+    from training.config import resolve_config
+    from training.networks import hyper
+    from training.phases import TrainStep
+    from training.training_loop import build_networks, configure_torch
+    old = hyper.linear_options()
+    finals = []
+    try:
+        for mode in ("torch", "fused"):
+            cfg = resolve_config("smoke", [f"g_train_mlp={mode}"], {"data": tiny_data})
+            configure_torch(cfg, torch.device("cpu"))
+            assert hyper.linear_options()["fused"] is (mode == "fused")
+            torch.manual_seed(0)
+            nets = build_networks(cfg, 32, torch.device("cpu"))
+            step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
+                             torch.Generator().manual_seed(0))
+            reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+            for i in range(3):
+                step(reals, i)
+            finals.append([p.detach().clone() for p in [*nets.G.parameters(), *nets.D.parameters()]])
+    finally:
+        hyper.set_linear_options(**old)
+    torch.manual_seed(0)
+    start = build_networks(resolve_config("smoke", [], {"data": tiny_data}), 32, torch.device("cpu"))
+    n_g = len(list(start.G.parameters()))
+    assert sum(not torch.equal(a, b) for a, b in zip(finals[0][:n_g], start.G.parameters())) > n_g // 2   # G moved
+    for a, b in zip(*finals):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
