@@ -376,14 +376,17 @@ def report_order(outdir: Path, report_with: list[str]) -> list[Path]:
 
 
 def side_by_side_env(jobs: int, environ: dict | os._Environ = os.environ) -> str | None:
-    """--jobs > 1 (several processes on one GPU, under NVIDIA MPS): HNG_FUSED_MLP=0 for every step unless the caller
-    set it. A fused-MLP self-check that faults breaks every client of the MPS server (session 6: every run of the
-    study died at its start); the metrics then render on the PyTorch path. Returns the note to record, or None."""
-    if jobs <= 1 or "HNG_FUSED_MLP" in environ:
+    """--jobs > 1 (several processes on one GPU, under NVIDIA MPS): HNG_FUSED_MLP=0 and HNG_OBJECT_LINEAR=0 for
+    every step, each unless the caller set it. A Triton kernel's self-check that faults breaks every client of the MPS
+    server (session 6: every run of the study died at its start); the metrics and Dmain's fakes then render on the
+    PyTorch path and G's layers train on cuBLAS. Returns the note to record, or None."""
+    names = [n for n in ("HNG_FUSED_MLP", "HNG_OBJECT_LINEAR") if n not in environ]
+    if jobs <= 1 or not names:
         return None
-    environ["HNG_FUSED_MLP"] = "0"
-    return (f"--jobs {jobs}: HNG_FUSED_MLP=0 for every step (a faulting fused-MLP self-check breaks every process "
-            f"sharing the GPU under MPS; set HNG_FUSED_MLP=1 to keep the kernel)")
+    for n in names:
+        environ[n] = "0"
+    return (f"--jobs {jobs}: {' and '.join(f'{n}=0' for n in names)} for every step (a faulting Triton self-check "
+            f"breaks every process sharing the GPU under MPS; set {names[0]}=1 to keep that kernel)")
 
 
 def run_study(opts: dict) -> tuple[Path, list[str]]:
