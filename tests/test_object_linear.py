@@ -213,3 +213,22 @@ def test_kernel_compiles_for_gpus(cc, dtype, K, C, masked):
 def test_wide_layers_take_the_reference_path():
     x, w = torch.randn(1, 5, 8), torch.randn(1, 8, ol.MAX_COLUMNS + 8)
     torch.testing.assert_close(torch.ops.hypernerf.object_linear(x, w, None, None, True), torch.relu(x @ w))
+
+
+def test_env_switch_and_capability_gate_the_self_check(monkeypatch):
+    """HNG_OBJECT_LINEAR=0: no self-check child; before sm_80: False without one; else the child's answer, cached."""
+    from torch_utils.ops import fused_mlp as fm
+    calls = []
+    monkeypatch.setattr(fm, "triton", object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cc = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cc[0])
+    monkeypatch.setattr(fm, "_self_check_isolated", lambda device, dtype, code, mark: calls.append(mark) or (True, ""))
+    monkeypatch.setattr(ol, "_AVAILABLE", {})
+    monkeypatch.setenv("HNG_OBJECT_LINEAR", "0")
+    assert ol.available(torch.device("cuda", 0)) is False and calls == []
+    monkeypatch.setenv("HNG_OBJECT_LINEAR", "1")
+    assert ol.available(torch.device("cuda", 0)) is True and calls == [ol._CHILD_MARK]
+    assert ol.available(torch.device("cuda", 0)) is True and len(calls) == 1            # cached
+    cc[0] = (7, 5)
+    assert ol.available(torch.device("cuda", 1)) is False and len(calls) == 1          # a T4: no child
