@@ -25,7 +25,6 @@ passed.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Optional
 
 import torch
@@ -37,8 +36,8 @@ except Exception:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-KERNEL_DTYPES = (torch.float16, torch.bfloat16)
-MIN_CAPABILITY = (8, 0)
+from torch_utils.ops.fused_mlp import KERNEL_DTYPES, _interpreting, _next_pow2  # the two kernels' shared rules
+
 MAX_COLUMNS = 256           # output columns of one program (wider layers take the reference path)
 
 
@@ -55,14 +54,6 @@ def reference(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], ma
     if mask is not None:
         y = torch.where(mask <= 0, torch.zeros_like(y), y)                           # like threshold_backward
     return y.to(x.dtype)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def default_launch(K: int, C: int, masked: bool = False) -> dict:
