@@ -34,10 +34,14 @@ class FullyConnectedLayer(nn.Module):
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
 
+    def scaled_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The effective (weight [out, in], bias [out] or None) in `dtype`: the stored ones times their gains."""
+        w = self.weight.to(dtype) * self.weight_gain
+        b = None if self.bias is None else self.bias.to(dtype) * self.bias_gain
+        return w, b
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
-        x = F.linear(x, w, b)
+        x = F.linear(x, *self.scaled_params(x.dtype))
         return lrelu_gain(x) if self.activation == "lrelu" else x
 
     def extra_repr(self) -> str:

@@ -90,9 +90,8 @@ def affine_styles(layers: list[HyperLinear], w: torch.Tensor) -> list[torch.Tens
     dtype = compute_dtype(w.dtype)
     affines = [layer.affine for layer in layers]
     with torch.autocast(device_type=w.device.type, enabled=False):
-        weight = torch.cat([a.weight.to(dtype) * a.weight_gain for a in affines])        # [sum out, w_dim]
-        bias = torch.cat([a.bias.to(dtype) * a.bias_gain for a in affines])              # [sum out]
-        styles = F.linear(w.to(dtype), weight, bias)                                     # [B, sum out]
+        weights, biases = zip(*(a.scaled_params(dtype) for a in affines))
+        styles = F.linear(w.to(dtype), torch.cat(weights), torch.cat(biases))           # [B, sum out]
     return list(styles.split([a.out_features for a in affines], dim=1))
 
 
