@@ -63,38 +63,36 @@ class NeRFMLP(nn.Module):
         output layer to 8 outputs, with zero weights (the same function; aligned GEMMs)."""
         pe = positional_encoding(pts, self.multires)                    # [B, N, 63]
         pe_dim = pe.shape[-1]
-        aligned = hyper.linear_options()["pad_inputs"]
+        options = hyper.linear_options()
+        aligned = options["pad_inputs"]
         pad = -pe_dim % 8 if aligned else 0
         if pad:
             pe = F.pad(pe, [0, pad])                                    # [B, N, 64]
         last = len(self.layers) - 1
-        fused = hyper.linear_options()["fused"]
         prepared = []
         for i, (weight_t, bias) in enumerate(weights):
-            c_out = weight_t.shape[2]
             if pad and i == 0:
                 weight_t = F.pad(weight_t, [0, 0, 0, pad])              # zero rows for the padded columns
             elif pad and self.uses_skip and i == self.skip_after + 1:
                 weight_t = torch.cat([F.pad(weight_t[:, :pe_dim], [0, 0, 0, pad]), weight_t[:, pe_dim:]], dim=1)
-            out_pad = -c_out % 8 if aligned and i == last else 0
+            out_pad = -weight_t.shape[2] % 8 if aligned and i == last else 0
             if out_pad:
                 weight_t, bias = F.pad(weight_t, [0, out_pad]), F.pad(bias, [0, out_pad])
             prepared.append((weight_t, bias))
-        c_out = weights[last][0].shape[2]
-        if fused:
+        if options["fused"]:
             dtype = torch.get_autocast_dtype(pe.device.type) if torch.is_autocast_enabled(pe.device.type) else pe.dtype
             layers = [(w.to(dtype), b.to(dtype)) for w, b in prepared]
             h = hyper.fused_layers(pe.to(dtype), layers, self.skip_after + 1 if self.uses_skip else -1)
-            return h[..., :c_out] if h.shape[-1] != c_out else h
-        h = pe
-        for i, (layer, (weight_t, bias)) in enumerate(zip(self.layers, prepared)):
-            h = layer.apply_weights(h, weight_t, bias)                  # [B, N, c_out (+ out_pad)]
-            if i == last:
-                return h[..., :c_out] if h.shape[-1] != c_out else h
-            h = torch.relu(h)                                           # gain sqrt(2) lives in the next weight
-            if self.uses_skip and i == self.skip_after:
-                h = torch.cat([pe.to(h.dtype), h], dim=-1)              # [B, N, 63 (+ pad) + C]
-        return h
+        else:
+            h = pe
+            for i, (layer, (weight_t, bias)) in enumerate(zip(self.layers, prepared)):
+                h = layer.apply_weights(h, weight_t, bias)              # [B, N, c_out (+ out_pad)]
+                if i < last:
+                    h = torch.relu(h)                                   # gain sqrt(2) lives in the next weight
+                    if self.uses_skip and i == self.skip_after:
+                        h = torch.cat([pe.to(h.dtype), h], dim=-1)      # [B, N, 63 (+ pad) + C]
+        c_out = weights[last][0].shape[2]
+        return h[..., :c_out] if h.shape[-1] != c_out else h            # drop the output padding
 
     def forward(self, w: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
         """w [B, w_dim], pts [B, N, 3] -> raw [B, N, 4]."""
