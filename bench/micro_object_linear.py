@@ -19,6 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.train_speed import cuda_time  # noqa: E402
+from torch_utils.cuda_graph import StepGraph  # noqa: E402
 from torch_utils.ops import object_linear as ol  # noqa: E402
 from training.networks import hyper  # noqa: E402
 from training.networks.nerf import NeRFMLP  # noqa: E402
@@ -28,26 +30,11 @@ SETTINGS = {"t4": (4, 32768, 4), "standard": (4, 262144, 8)}      # objects, poi
 
 
 def graph_ms(fn, reps: int = 50) -> float:
-    """ms per replay of `fn` captured as a CUDA graph (three eager warm-up calls on a side stream first)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    """ms per replay of `fn` captured as a CUDA graph (StepGraph: three eager warm-up calls, then the capture)."""
+    graph = StepGraph(fn, "cuda", warmup=3)
+    for _ in range(4):
+        graph()
+    return cuda_time(lambda _: graph(), reps) * 1e3
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
