@@ -157,11 +157,8 @@ def phase_fns(step: TrainStep, reals: torch.Tensor, cfg) -> dict:
     def dreg(_):
         step.dreg_phase(real)
 
-    from training.loss import ema_beta, update_ema
-
     def rest(_):
-        step.cur_nimg.add_(cfg.batch)
-        update_ema(step.G_ema, step.G, ema_beta(cfg.batch, step.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
+        step.ema_phase()
         step._count_bad(torch.zeros([], dtype=torch.bool, device=real.device))
 
     return {"Gmain": gmain, "Dmain": dmain, "Dreg": dreg, "EMA+counters": rest}
@@ -288,16 +285,18 @@ def train_steps(step: TrainStep, cfg, device, data, steps: int, graphed: bool) -
 
 
 def gate_graph(presets: str, device, data, steps: int = 50) -> dict:
-    """Eager steps vs graphed steps from identical state and RNG (fp32): max relative G/D parameter difference."""
+    """Eager steps (G_ema updated in line) vs graphed steps (G_ema on its side stream, the default) from identical
+    state and RNG (fp32): max relative G / D / G_ema parameter difference."""
     finals = []
     for graphed in (False, True):
-        cfg = make_cfg(presets, "fp32", extra=("d_compile=false",))
+        cfg = make_cfg(presets, "fp32", extra=("d_compile=false",) + (() if graphed else ("ema_overlap=false",)))
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         nets, step = make_step(cfg, device)
         torch.backends.cudnn.benchmark = False
         train_steps(step, cfg, device, data, steps, graphed)
-        finals.append([p.detach().clone() for p in list(nets.G.parameters()) + list(nets.D.parameters())])
+        params = [*nets.G.parameters(), *nets.D.parameters(), *nets.G_ema.parameters()]
+        finals.append([p.detach().clone() for p in params])
     torch.backends.cudnn.deterministic = False
     diff = max(((a - b).norm() / (b.norm() + 1e-12)).item() for a, b in zip(*finals))
     return {"steps": steps, "max_rel_param_diff": diff, "pass": diff <= 1e-4}

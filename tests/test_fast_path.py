@@ -61,6 +61,44 @@ def test_gemm_conv_equals_cudnn_style_conv_and_is_twice_differentiable():
     assert torch.autograd.gradgradcheck(lambda t: b(t), (x,))
 
 
+@pytest.mark.parametrize("down,size", [(1, 12), (2, 12), (2, 13)])
+def test_depthwise_fir_derivatives_of_every_order(down, size):
+    """'depthwise' writes the FIR's derivatives out (the filter's adjoint, whose adjoint is the filter): first,
+    second and third derivatives are checked numerically, also for odd sizes (output_padding of the adjoint)."""
+    torch.manual_seed(0)
+    f = fir.make_fir_filter().double()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+
+    def fn(t):
+        with fir.using_fir_impl("depthwise"):
+            return fir.fir2d(t, f, padding=2, down=down)
+
+    torch.testing.assert_close(fn(x), fir.fir2d_reference(x, f, padding=2, down=down), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+    def grad_of_square(t):      # d/dt of sum(fn(t)^2) keeps t in the graph (second order), checked twice more
+        (g,) = torch.autograd.grad(fn(t).square().sum(), t, create_graph=True)
+        return g
+    assert torch.autograd.gradgradcheck(grad_of_square, (x,))
+    xl = x.detach().to(memory_format=torch.channels_last)
+    torch.testing.assert_close(fn(xl), fn(x.detach()), rtol=1e-12, atol=1e-12)
+    assert fir._fir_impl == "auto"                            # the block restored the process-wide choice
+
+
+def test_using_fir_impl_restores_after_errors():
+    with pytest.raises(RuntimeError):
+        with fir.using_fir_impl("single"):
+            assert fir._fir_impl == "single"
+            raise RuntimeError("boom")
+    assert fir._fir_impl == "auto"
+    with fir.using_fir_impl(None):
+        assert fir._fir_impl == "auto"
+    with pytest.raises(ValueError):
+        with fir.using_fir_impl("nope"):
+            pass
+
+
 @pytest.mark.parametrize("down", [1, 2])
 def test_fir_implementations_agree(down):
     torch.manual_seed(0)

@@ -278,7 +278,7 @@ def test_two_guards_share_one_fused_adam_with_separate_scales():
     assert reg.scale.item() == 512.0 and main.scale.item() == 1024.0    # ... and only its scale halved
 
 
-@pytest.mark.parametrize("fir_impl", ["pool", "single"])
+@pytest.mark.parametrize("fir_impl", ["pool", "single", "depthwise"])
 def test_r1_penalty_is_the_same_in_every_layout_and_fir_implementation(fir_impl):
     """Config r1_channels_last and d_fir change how the R1 phase runs, not what it computes (penalty and D grads)."""
     from torch_utils.ops import fir
@@ -298,6 +298,12 @@ def test_r1_penalty_is_the_same_in_every_layout_and_fir_implementation(fir_impl)
             results.append((reg.detach(), [torch.zeros(1) if g is None else g for g in grads]))
     finally:
         fir.set_fir_impl("auto")
+    # The loss's own r1_fir (config r1_fir) picks the R1 phase's filter whatever the process-wide choice is.
+    loss = HyperNeRFGANLoss(Generator_small(), D, None, 16, 1.0, r1_fir=fir_impl)
+    reg = loss.dreg(real, gain=16)
+    grads = torch.autograd.grad(reg, list(D.parameters()), allow_unused=True)
+    results.append((reg.detach(), [torch.zeros(1) if g is None else g for g in grads]))
+    assert fir._fir_impl == "auto"
     for reg, grads in results[1:]:
         torch.testing.assert_close(reg, results[0][0], rtol=1e-10, atol=1e-12)
         for g, r in zip(grads, results[0][1]):

@@ -203,6 +203,26 @@ def _smoke_step(tiny_data):
     return cfg, nets, step
 
 
+def test_step_updates_g_ema_from_the_g_after_gmain(tiny_data):
+    """One step = Gmain, then G_ema moves toward that G (issued before Dmain: on a GPU it overlaps Dmain on a side
+    stream, which is only correct because Dmain and Dreg leave G alone); the image count comes first."""
+    import copy
+
+    from training.loss import ema_beta, update_ema
+    cfg, nets, step = _smoke_step(tiny_data)
+    assert step.ema_stream is None                             # CPU: in line
+    reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8)
+    ema_before = copy.deepcopy(nets.G_ema)
+    g_before = [p.detach().clone() for p in nets.G.parameters()]
+    step(reals, 1)
+    moved = [not torch.equal(p, q) for p, q in zip(nets.G.parameters(), g_before)]
+    assert any(moved)
+    update_ema(ema_before, nets.G, ema_beta(cfg.batch, torch.tensor(cfg.batch), cfg.ema_kimg, cfg.ema_rampup))
+    for a, b in zip(nets.G_ema.parameters(), ema_before.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert int(step.cur_nimg) == cfg.batch
+
+
 def test_bad_steps_counted_on_device_and_abort(tiny_data):
     from dnnlib.util import EasyDict
     from training.training_loop import TrainingDiverged, check_bad_steps

@@ -74,10 +74,15 @@ class TrainConfig:
     d_channels_last: bool = True         # GPU: run D's conv blocks in NHWC memory format
     d_compile: bool = True               # GPU: torch.compile D for the first-order phases (R1 stays eager)
     r1_channels_last: bool = True        # GPU: the R1 phase's (eager) D in NHWC too, when d_channels_last is on
-    d_fir: str = "auto"                  # D's [1, 3, 3, 1] downsampling filter: auto | pool | single | grouped
+    d_fir: str = "auto"                  # D's [1, 3, 3, 1] downsampling filter: auto | pool | single | grouped |
+                                         # depthwise
+    r1_fir: str = "same"                 # that filter in the (eager, twice-differentiated) R1 phase: same (= d_fir)
+                                         # or one of d_fir's choices
     g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
     g_gemm_tuning: bool = True           # G's per-object layers: split-K weight gradients, 8-aligned encoding and
                                          # output (same function; false = one plain GEMM each, unpadded)
+    g_small_matmul: str = "auto"         # G's few-row fp32 matmuls (mapping, affines, FMM): auto (broadcast products
+                                         # that torch.compile fuses, GEMMs in eager code) | pointwise | gemm
     g_train_mlp: str = "auto"            # G's MLP in training: auto (fused Triton layers where object_linear runs:
                                          # sm_80+ GPUs, fp16/bf16) | fused (always the fused chain) | torch (cuBLAS)
     g_fakes_mlp: str = "auto"            # Dmain's no-grad fakes: auto (the fused forward-only render kernel where it
@@ -100,6 +105,7 @@ class TrainConfig:
     eps: float = 1e-8
     ema_kimg: float = 20.0               # EMA half-life
     ema_rampup: float = 0.05             # EMA half-life ramps up as ema_rampup * cur_nimg (0 = off)
+    ema_overlap: bool = True             # GPU: update G_ema on a side CUDA stream while Dmain runs (same result)
     max_bad_steps: int = 100             # abort after this many consecutive steps with non-finite gradients
     max_frozen_ticks: int = 2            # abort after this many consecutive ticks in which G did not change (0: never)
     loss_scale_init: float = 32768.0     # fp16 only: initial dynamic loss scale
@@ -130,12 +136,18 @@ class TrainConfig:
         need(self.aug in AUG_MODES, f"aug '{self.aug}' is not one of {', '.join(AUG_MODES)}.")
         from torch_utils.ops.fir import FIR_IMPLS
         need(self.d_fir in FIR_IMPLS, f"d_fir '{self.d_fir}' is not one of {', '.join(FIR_IMPLS)} (the same filter, "
-             f"computed as average pools, one single-channel conv or a depthwise conv; auto = pool).")
+             f"computed as average pools, one single-channel conv, a depthwise conv (grouped) or one with its derivatives "
+             f"written out (depthwise); auto = pool).")
+        need(self.r1_fir == "same" or self.r1_fir in FIR_IMPLS,
+             f"r1_fir '{self.r1_fir}' is neither 'same' (= d_fir) nor one of {', '.join(FIR_IMPLS)}.")
         from training.networks.generator import MLP_MODES
         need(self.metrics_mlp in MLP_MODES, f"metrics_mlp '{self.metrics_mlp}' is not one of {', '.join(MLP_MODES)} "
              f"(auto = the fused Triton MLP where it can run, else PyTorch; torch = always the PyTorch path).")
         need(self.g_train_mlp in MLP_MODES, f"g_train_mlp '{self.g_train_mlp}' is not one of {', '.join(MLP_MODES)} "
              f"(auto = G's fused Triton layers where they can run, else cuBLAS; torch = always cuBLAS).")
+        from torch_utils.layers import SMALL_MATMUL_MODES
+        need(self.g_small_matmul in SMALL_MATMUL_MODES, f"g_small_matmul '{self.g_small_matmul}' is not one of "
+             f"{', '.join(SMALL_MATMUL_MODES)} (auto = fusable broadcast products under torch.compile, else GEMMs).")
         need(self.g_fakes_mlp in MLP_MODES, f"g_fakes_mlp '{self.g_fakes_mlp}' is not one of {', '.join(MLP_MODES)} "
              f"(auto = the fused render kernel for Dmain's fakes where it can run; torch = G's training layers).")
         for name in ("batch", "gpus", "patch_size", "num_samples", "num_layers", "width", "synth_resolution",

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import training_stats
+from torch_utils.ops import fir
 
 
 def lazy_reg_hparams(lr: float, beta1: float, beta2: float, reg_interval: int | None) -> tuple[float, tuple[float, float]]:
@@ -185,7 +186,7 @@ class HyperNeRFGANLoss:
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
                  d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False,
                  r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0, r1_channels_last: bool = True,
-                 fakes_mlp: str = "torch") -> None:
+                 fakes_mlp: str = "torch", r1_fir: str | None = None) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.patch_size = patch_size
         self.max_spacing = max_spacing   # > 1: random-scale windows (config patch_max_spacing), reals alike
@@ -195,6 +196,7 @@ class HyperNeRFGANLoss:
         self.d_dtype = d_dtype      # D mp_dtype (None = fp32)
         self.r1_dtype = r1_dtype    # D mp_dtype of the R1 phase (None = fp32)
         self.fakes_mlp = fakes_mlp  # 'fused': Dmain's no-grad fakes through the fused render kernel (resolved)
+        self.r1_fir = r1_fir        # D's FIR implementation in the R1 phase (None: the process-wide choice)
         self.d_channels_last = d_channels_last
         self.r1_channels_last = d_channels_last and r1_channels_last   # R1's eager D: NHWC only if D is
         # torch.compile'd D for the first-order phases (fuses bias/lrelu/gain/clamp around every conv). R1 needs a
@@ -303,7 +305,8 @@ class HyperNeRFGANLoss:
     def dreg(self, real: torch.Tensor, gain: float) -> torch.Tensor:
         """Lazy R1: gain * gamma/2 * ||dD(aug(x))/dx||^2 w.r.t. the full-res real x [n, 3, H, W] (before augment)."""
         x = real.detach().requires_grad_(True)
-        logits = self.run_D(x, double_backward=True)                                    # [n, 1]
+        with fir.using_fir_impl(self.r1_fir):                  # the forward picks the FIR's derivatives too
+            logits = self.run_D(x, double_backward=True)                                # [n, 1]
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)               # [n, 3, H, W]
         penalty = grad.float().square().sum(dim=[1, 2, 3])                              # [n]
         loss = penalty * (self.r1_gamma / 2) * gain

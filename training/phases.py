@@ -7,6 +7,8 @@ pattern as a CUDA graph or compile it. Counters (cur_nimg, bad steps, ADA sign a
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from torch_utils import distributed as dist_utils
@@ -73,7 +75,9 @@ class TrainStep:
                                      compile_d=cfg.d_compile and device.type == "cuda",
                                      compile_g=cfg.g_compile and device.type == "cuda",
                                      r1_dtype=None if cfg.r1_fp32 else dtype, max_spacing=cfg.patch_max_spacing,
-                                     fakes_mlp=fakes_mlp_path(cfg, G, device, dtype))
+                                     fakes_mlp=fakes_mlp_path(cfg, G, device, dtype),
+                                     r1_fir=None if cfg.r1_fir == "same" else cfg.r1_fir)
+        self.ema_stream = torch.cuda.Stream(device) if cfg.ema_overlap and device.type == "cuda" else None
         z = lambda dt=torch.int64: torch.zeros([], dtype=dt, device=device)  # noqa: E731
         self.cur_nimg = z()                      # images shown to D over all ranks
         self.bad_consec = z()                    # current run of consecutive steps with non-finite gradients
@@ -122,18 +126,37 @@ class TrainStep:
         reg = self.loss.dreg(real, gain=self.cfg.d_reg_interval)
         return self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg)
 
+    def ema_phase(self) -> None:
+        """Count this step's images, then move G_ema toward G (beta from the count; no host sync)."""
+        cfg = self.cfg
+        self.cur_nimg.add_(cfg.batch)
+        update_ema(self.G_ema, self.G, ema_beta(cfg.batch, self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
+
+    def _start_ema(self) -> Callable[[], None]:
+        """Run `ema_phase` now, on the side stream when there is one (cfg.ema_overlap on CUDA: it then overlaps
+        Dmain, a CUDA graph captures the fork and the join). Returns the join: the current stream waits for it.
+        Every tensor the side stream uses is persistent or allocated on it, so the caching allocator cannot hand
+        its memory to the main stream early."""
+        if self.ema_stream is None:
+            self.ema_phase()
+            return lambda: None
+        main = torch.cuda.current_stream(self.device)
+        self.ema_stream.wait_stream(main)
+        with torch.cuda.stream(self.ema_stream):
+            self.ema_phase()
+        return lambda: main.wait_stream(self.ema_stream)
+
     def __call__(self, reals: torch.Tensor, step_idx: int) -> None:
         """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0."""
         cfg = self.cfg
         real = reals.to(torch.float32) / 127.5 - 1                                 # [b, 3, H, W] in [-1, 1]
         bad = self.gmain_phase(real.shape[0])
+        join_ema = self._start_ema()        # G_ema <- G while Dmain runs (Dmain and Dreg only read G)
         bad = bad | self.dmain_phase(real)
         if cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0:   # lazy R1 every d_reg_interval steps
             bad = bad | self.dreg_phase(real)
 
-        # Update G_ema and counters.
-        self.cur_nimg.add_(cfg.batch)
-        update_ema(self.G_ema, self.G, ema_beta(cfg.batch, self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
+        join_ema()
         self._count_bad(bad)
 
         # ADA: move p toward the target from the mean sign of D(real) over the last ada_interval steps (all ranks).

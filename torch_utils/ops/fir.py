@@ -7,7 +7,8 @@ the convolution of upfirdn2d for the symmetric filters used here.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ def make_fir_filter(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
     return f / f.sum()
 
 
-FIR_IMPLS = ("auto", "pool", "single", "grouped")
+FIR_IMPLS = ("auto", "pool", "single", "grouped", "depthwise")
 _fir_impl = "auto"
 _BINOMIAL4 = torch.tensor([[1.0, 3.0, 3.0, 1.0]]).T @ torch.tensor([[1.0, 3.0, 3.0, 1.0]]) / 64.0
 
@@ -35,12 +36,31 @@ def set_fir_impl(impl: str) -> None:
     into the batch axis and runs one single-channel conv, whose derivatives are plain convolutions (but it needs
     NCHW, so cuDNN converts layouts around it). 'pool' applies the [1, 3, 3, 1] binomial filter as three 2x2 average
     pools ([1, 3, 3, 1] / 8 = [1, 1] / 2 * [1, 1] / 2 * [1, 1] / 2): memory-bound kernels in any memory format,
-    twice differentiable. 'auto' uses 'pool' for that filter and 'single' for any other.
+    twice differentiable. 'depthwise' is the grouped conv with its derivatives written out (`_FirDepthwise`): the
+    gradient of the filter is the transposed depthwise conv and the gradient of that is the filter again, so the R1
+    double backward runs one depthwise conv or transposed conv per FIR (no per-group loop, any memory format).
+    'auto' uses 'pool' for that filter and 'single' for any other.
     """
     global _fir_impl
     if impl not in FIR_IMPLS:
         raise ValueError(f"unknown FIR implementation {impl!r}; choose from {FIR_IMPLS}")
     _fir_impl = impl
+
+
+@contextlib.contextmanager
+def using_fir_impl(impl: str | None) -> Iterator[None]:
+    """`set_fir_impl(impl)` inside the block, the previous choice after it (None: leave the choice alone). Only the
+    forward calls inside matter: each records its own derivatives in the autograd graph."""
+    global _fir_impl
+    if impl is None:
+        yield
+        return
+    old = _fir_impl
+    set_fir_impl(impl)
+    try:
+        yield
+    finally:
+        _fir_impl = old
 
 
 def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomial: bool | None = None) -> torch.Tensor:
@@ -57,10 +77,49 @@ def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomia
     if _fir_impl == "pool" or (_fir_impl == "auto" and binomial):
         return _fir2d_pool(x, padding, down)
     weight = f.to(dtype=x.dtype, device=x.device).reshape(1, 1, k, k)                  # [1, 1, k, k]
+    if _fir_impl == "depthwise":
+        return _FirDepthwise.apply(x, weight.expand(C, 1, k, k), padding, down)
     if _fir_impl == "grouped":
         return F.conv2d(x, weight.expand(C, 1, k, k), stride=down, padding=padding, groups=C)
     y = F.conv2d(x.reshape(N * C, 1, H, W), weight, stride=down, padding=padding)       # [N*C, 1, h, w]
     return y.reshape(N, C, y.shape[-2], y.shape[-1])
+
+
+class _FirDepthwise(torch.autograd.Function):
+    """y = L x: the depthwise FIR (weight [C, 1, k, k], zero padding, stride `down`), a linear map of x alone.
+
+    Its backward is L^T (`_FirDepthwiseT`, a transposed depthwise conv), whose backward is L again, so derivatives
+    of every order stay single depthwise convolutions. The filter is a constant (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int, down: int) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.padding, ctx.down, ctx.in_hw = padding, down, tuple(x.shape[-2:])
+        return F.conv2d(x, weight, stride=down, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        return _FirDepthwiseT.apply(grad, weight, ctx.padding, ctx.down, ctx.in_hw), None, None, None
+
+
+class _FirDepthwiseT(torch.autograd.Function):
+    """g -> L^T g, the adjoint of `_FirDepthwise` (output size in_hw); its backward is L."""
+
+    @staticmethod
+    def forward(ctx, grad: torch.Tensor, weight: torch.Tensor, padding: int, down: int,
+                in_hw: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.padding, ctx.down = padding, down
+        k = weight.shape[-1]
+        extra = [size - ((g - 1) * down - 2 * padding + k) for size, g in zip(in_hw, grad.shape[-2:])]
+        return F.conv_transpose2d(grad, weight, stride=down, padding=padding, output_padding=tuple(extra),
+                                  groups=grad.shape[1])
+
+    @staticmethod
+    def backward(ctx, gg: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        return _FirDepthwise.apply(gg, weight, ctx.padding, ctx.down), None, None, None, None
 
 
 def is_binomial4(f: torch.Tensor) -> bool:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_utils.layers import FullyConnectedLayer
+from torch_utils.layers import FullyConnectedLayer, small_bmm, small_linear
 from torch_utils.persistence import persistent_class
 from training.networks.mapping import compute_dtype
 
@@ -24,7 +24,7 @@ def fmm_weights(base: torch.Tensor, styles: torch.Tensor, rank: int, demodulate:
     B = styles.shape[0]
     left = styles[:, :c_out * rank].reshape(B, c_out, rank)       # [B, c_out, r]
     right = styles[:, c_out * rank:].reshape(B, rank, c_in)       # [B, r, c_in]
-    mod = torch.bmm(left, right) * (1.0 / math.sqrt(rank))        # [B, c_out, c_in]
+    mod = small_bmm(left, right) * (1.0 / math.sqrt(rank))        # [B, c_out, c_in]
     weight = base.unsqueeze(0) * (1.0 + mod)                      # [B, c_out, c_in]
     if demodulate:
         weight = weight / (weight.norm(dim=2, keepdim=True) + eps)
@@ -61,7 +61,7 @@ class HyperLinear(nn.Module):
         dtype = compute_dtype(w.dtype)
         with torch.autocast(device_type=w.device.type, enabled=False):
             if styles is None:
-                styles = self.affine(w.to(dtype))                                        # [B, (c_in+c_out) r]
+                styles = self.affine(w.to(dtype), few_rows=True)                         # [B, (c_in+c_out) r]
             styles = styles.to(dtype)
             weight = fmm_weights(self.weight.to(dtype), styles, self.rank)               # [B, c_out, c_in]
             if self.input_gain != 1.0:
@@ -91,7 +91,7 @@ def affine_styles(layers: list[HyperLinear], w: torch.Tensor) -> list[torch.Tens
     affines = [layer.affine for layer in layers]
     with torch.autocast(device_type=w.device.type, enabled=False):
         weights, biases = zip(*(a.scaled_params(dtype) for a in affines))
-        styles = F.linear(w.to(dtype), torch.cat(weights), torch.cat(biases))           # [B, sum out]
+        styles = small_linear(w.to(dtype), torch.cat(weights), torch.cat(biases))       # [B, sum out]
     return list(styles.split([a.out_features for a in affines], dim=1))
 
 
