@@ -105,3 +105,11 @@ def test_run_directory_description_names_random_scale_windows():
     rs = resolve_config("cars,t4", ["patch_max_spacing=4.096"])
     assert rs.desc(["cars", "t4"]) == "cars-t4-synth_cars-b4-fixed-rs4.096"
     assert resolve_config("noaug").desc(["noaug"]).endswith("-b4-noaug")
+
+
+def test_r1_fir_choices():
+    from training.config import TrainConfig
+    assert TrainConfig().r1_fir == "depthwise"
+    assert TrainConfig(r1_fir="same").r1_fir == "same"
+    with pytest.raises(UserError, match="r1_fir 'fast' is neither 'same'"):
+        TrainConfig(r1_fir="fast")

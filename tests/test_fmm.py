@@ -102,3 +102,22 @@ def test_one_gemm_for_every_layers_affine_is_the_same_function():
     g_want = torch.autograd.grad(sum((c * t).sum() for c, t in zip(coef, want)), params)
     for a, b in zip(g_got, g_want):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("outputs,chunk", [(37, 8), (32, 8), (5, 8), (37, 1)])
+def test_chunked_linear_is_f_linear(outputs: int, chunk: int):
+    """hyper.chunked_linear (G's affines: a batch of GEMMs over blocks of outputs, so x's gradient is a split-K GEMM)
+    equals F.linear in value and in every gradient, also when the outputs do not fill the last block."""
+    from training.networks import hyper
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(outputs, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(outputs, dtype=torch.float64, generator=gen, requires_grad=True)
+    got = hyper.chunked_linear(x, weight, bias, chunk=chunk)
+    want = torch.nn.functional.linear(x, weight, bias)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    coef = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+    for a, b in zip(torch.autograd.grad((coef * got).sum(), (x, weight, bias)),
+                    torch.autograd.grad((coef * want).sum(), (x, weight, bias))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hyper.chunked_linear(x, weight, chunk=chunk), torch.nn.functional.linear(x, weight))

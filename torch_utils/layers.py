@@ -15,44 +15,6 @@ def lrelu_gain(x: torch.Tensor, slope: float = 0.2) -> torch.Tensor:
     return F.leaky_relu(x, slope) * SQRT2
 
 
-# G's hypernetwork runs a dozen fp32 matmuls per step on a handful of rows (the batch of 4 objects: mapping layers,
-# the affine maps, the rank-10 FMM products). As cuBLAS GEMMs each one is a latency-bound kernel (forward and two
-# backward); written as a broadcast product summed over the inner axis, torch.compile fuses them with their
-# neighbours (weight gains, bias, activation, FMM's modulation and normalisation) into a few Triton kernels.
-SMALL_MATMUL_MODES = ("auto", "pointwise", "gemm")
-_small_matmul = {"mode": "auto"}
-
-
-def set_small_matmul(mode: str) -> str:
-    """How `small_linear` / `small_bmm` run: 'auto' (the pointwise form while torch.compile traces, a GEMM in eager
-    code, where the broadcast product would be materialised), 'pointwise' (always; for tests) or 'gemm' (never).
-    All three compute the same function. Returns the previous mode."""
-    if mode not in SMALL_MATMUL_MODES:
-        raise ValueError(f"unknown small-matmul mode {mode!r}; choose from {SMALL_MATMUL_MODES}")
-    old, _small_matmul["mode"] = _small_matmul["mode"], mode
-    return old
-
-
-def _pointwise_matmul() -> bool:
-    mode = _small_matmul["mode"]
-    return mode == "pointwise" or (mode == "auto" and torch.compiler.is_compiling())
-
-
-def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear for inputs with few rows: x [M, K], weight [N, K], bias [N] -> [M, N] (see `set_small_matmul`)."""
-    if not _pointwise_matmul() or x.ndim != 2:
-        return F.linear(x, weight, bias)
-    y = (x.unsqueeze(1) * weight.unsqueeze(0)).sum(dim=2)                                # [M, N]
-    return y if bias is None else y + bias
-
-
-def small_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """torch.bmm for a short inner axis: a [B, M, R], b [B, R, N] -> [B, M, N] (see `set_small_matmul`)."""
-    if not _pointwise_matmul():
-        return torch.bmm(a, b)
-    return (a.unsqueeze(3) * b.unsqueeze(1)).sum(dim=2)                                 # [B, M, N]
-
-
 class FullyConnectedLayer(nn.Module):
     """y = act(x @ (W * lr_mul / sqrt(in)).T + b * lr_mul).
 
@@ -78,9 +40,8 @@ class FullyConnectedLayer(nn.Module):
         b = None if self.bias is None else self.bias.to(dtype) * self.bias_gain
         return w, b
 
-    def forward(self, x: torch.Tensor, few_rows: bool = False) -> torch.Tensor:
-        """x [M, in] -> [M, out]. few_rows: x has a handful of rows (G's mapping), so `small_linear` may run it."""
-        x = (small_linear if few_rows else F.linear)(x, *self.scaled_params(x.dtype))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, *self.scaled_params(x.dtype))
         return lrelu_gain(x) if self.activation == "lrelu" else x
 
     def extra_repr(self) -> str:

@@ -76,13 +76,11 @@ class TrainConfig:
     r1_channels_last: bool = True        # GPU: the R1 phase's (eager) D in NHWC too, when d_channels_last is on
     d_fir: str = "auto"                  # D's [1, 3, 3, 1] downsampling filter: auto | pool | single | grouped |
                                          # depthwise
-    r1_fir: str = "same"                 # that filter in the (eager, twice-differentiated) R1 phase: same (= d_fir)
-                                         # or one of d_fir's choices
+    r1_fir: str = "depthwise"            # that filter in the (eager, twice-differentiated) R1 phase: one of d_fir's
+                                         # choices, or same (= d_fir); depthwise measured fastest there
     g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
     g_gemm_tuning: bool = True           # G's per-object layers: split-K weight gradients, 8-aligned encoding and
                                          # output (same function; false = one plain GEMM each, unpadded)
-    g_small_matmul: str = "auto"         # G's few-row fp32 matmuls (mapping, affines, FMM): auto (broadcast products
-                                         # that torch.compile fuses, GEMMs in eager code) | pointwise | gemm
     g_train_mlp: str = "auto"            # G's MLP in training: auto (fused Triton layers where object_linear runs:
                                          # sm_80+ GPUs, fp16/bf16) | fused (always the fused chain) | torch (cuBLAS)
     g_fakes_mlp: str = "auto"            # Dmain's no-grad fakes: auto (the fused forward-only render kernel where it
@@ -145,9 +143,6 @@ class TrainConfig:
              f"(auto = the fused Triton MLP where it can run, else PyTorch; torch = always the PyTorch path).")
         need(self.g_train_mlp in MLP_MODES, f"g_train_mlp '{self.g_train_mlp}' is not one of {', '.join(MLP_MODES)} "
              f"(auto = G's fused Triton layers where they can run, else cuBLAS; torch = always cuBLAS).")
-        from torch_utils.layers import SMALL_MATMUL_MODES
-        need(self.g_small_matmul in SMALL_MATMUL_MODES, f"g_small_matmul '{self.g_small_matmul}' is not one of "
-             f"{', '.join(SMALL_MATMUL_MODES)} (auto = fusable broadcast products under torch.compile, else GEMMs).")
         need(self.g_fakes_mlp in MLP_MODES, f"g_fakes_mlp '{self.g_fakes_mlp}' is not one of {', '.join(MLP_MODES)} "
              f"(auto = the fused render kernel for Dmain's fakes where it can run; torch = G's training layers).")
         for name in ("batch", "gpus", "patch_size", "num_samples", "num_layers", "width", "synth_resolution",

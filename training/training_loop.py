@@ -35,21 +35,19 @@ class TrainingDiverged(UserError):
 # Setup.
 
 def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
-    """Determinism, cuDNN and TF32 policy (TF32 off as in the reference: fp32 stays fp32); G's GEMM options, D's
-    FIR implementation and G's few-row matmuls (process-wide choices, each computing the same function)."""
+    """Determinism, cuDNN and TF32 policy (TF32 off as in the reference: fp32 stays fp32); G's GEMM options and D's
+    FIR implementation (process-wide choices, each computing the same function)."""
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    from torch_utils.layers import set_small_matmul
     from torch_utils.ops.fir import set_fir_impl
     from training.networks import hyper
     hyper.set_linear_options(split_k=cfg.g_gemm_tuning, pad_inputs=cfg.g_gemm_tuning,
                              fused=train_mlp_fused(cfg, device))
     set_fir_impl(cfg.d_fir)
-    set_small_matmul(cfg.g_small_matmul)
 
 
 def train_mlp_fused(cfg: TrainConfig, device: torch.device) -> bool:

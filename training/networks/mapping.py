@@ -49,7 +49,7 @@ class MappingNetwork(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             x = normalize_2nd_moment(z.to(compute_dtype(z.dtype)))     # [B, z_dim]
             for layer in self.layers:
-                x = layer(x, few_rows=True)                             # [B, w_dim]
+                x = layer(x)                                            # [B, w_dim]
             if update_w_avg:
                 batch_mean = x.detach().mean(dim=0).to(self.w_avg.dtype)
                 self.w_avg.copy_(batch_mean.lerp(self.w_avg, self.w_avg_beta))
