@@ -2,10 +2,11 @@
 
     python bench/micro_gemm.py [--json FILE]
 
-Rows: G's concatenated affine maps (x [B, 128] -> [B, 10910]) and D's epilogue FC (x [B, 8192] -> [B, 512]),
-forward and both backward GEMMs, timed with CUDA graphs (`train_speed.cuda_time`), one plain F.linear and one
-`hyper.chunked_linear` (a batch of GEMMs over blocks of outputs, so the input gradient is a split-K GEMM), and a split-K forward. CUDA
-only.
+Rows, forward and forward + backward timed in CUDA graphs (`train_speed.cuda_time`): G's concatenated affine maps
+(x [B, 128] -> [B, 10910]) and D's epilogue FC (x [B, 8192] -> [B, 512]), each as one F.linear, as
+`hyper.chunked_linear` (a batch of GEMMs over blocks of outputs, so the input gradient is a split-K GEMM) and as a
+split-K forward; D's 4x4 epilogue conv as unfold + GEMM, one GEMM or one per kernel tap
+(`discriminator.conv_as_gemm`, config d_epilogue_split). CUDA only.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train_speed import cuda_time  # noqa: E402
 from torch_utils.cuda_graph import StepGraph  # noqa: E402
+from training.networks.discriminator import conv_as_gemm  # noqa: E402
 from training.networks.hyper import chunked_linear  # noqa: E402
 
 
@@ -36,7 +38,8 @@ def time_fwd_bwd(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, need_w_g
         fn(x, w, b)
     g = StepGraph(forward, x.device)
     out["fwd_ms"] = cuda_time(lambda i: g(), reps) * 1e3
-    coef = torch.randn(x.shape[0], w.shape[0], device=x.device)
+    with torch.no_grad():
+        coef = torch.randn_like(fn(x, w, b))
     inputs = [x, w, b] if need_w_grad else [x]
 
     def both():
@@ -77,6 +80,18 @@ def main() -> None:
             rows[f"{name}_{form}"] = {**time_fwd_bwd(fn, x, w, b, need_w), "max_abs_vs_fp64": err}
             print(f"{name:16s} {form:11s} " + "  ".join(f"{k} {v:.4f}" for k, v in rows[f"{name}_{form}"].items()),
                   flush=True)
+    for name, batch, need_w in (("d_epilogue_conv_b4_frozen", 4, False), ("d_epilogue_conv_b8", 8, True)):
+        x = torch.randn(batch, 513, 4, 4, device=dev)
+        w = torch.randn(512, 513, 3, 3, device=dev) / (513 * 9) ** 0.5
+        b = torch.randn(512, device=dev)
+        want = F.conv2d(x.double(), w.double(), padding=1).float()
+        for split in (False, True):
+            def fn(x, w, b, split=split):
+                return conv_as_gemm(x, w, split_taps=split) + b.view(1, -1, 1, 1)
+            err = (fn(x, w, 0 * b) - want).abs().max().item()
+            key = f"{name}_{'split_taps' if split else 'one_gemm'}"
+            rows[key] = {**time_fwd_bwd(fn, x, w, b, need_w), "max_abs_vs_fp64": err}
+            print(f"{key:36s} " + "  ".join(f"{k} {v:.4f}" for k, v in rows[key].items()), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(dev), "rows": rows}, indent=1))
 

@@ -195,3 +195,30 @@ def test_compiles_without_graph_breaks():
     out.sum().backward()
     assert torch.allclose(out, D(x, mp_dtype=torch.bfloat16), atol=1e-6)
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_epilogue_conv_split_by_taps_is_the_same_function():
+    """conv_as_gemm with one GEMM per kernel tap (config d_epilogue_split) equals the conv, to second order, and a
+    whole D gives the same logits and gradients with either form."""
+    from training.networks.discriminator import Discriminator, conv_as_gemm, set_conv_gemm_split
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 7, 3, 3, dtype=torch.float64, requires_grad=True)
+    want = torch.nn.functional.conv2d(x, w, padding=1)
+    for split in (False, True):
+        torch.testing.assert_close(conv_as_gemm(x, w, split_taps=split), want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda a, b: conv_as_gemm(a, b, split_taps=True), (x, w))
+    D = Discriminator(16, channel_base=256, channel_max=32).double()
+    img = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    results = []
+    old = set_conv_gemm_split(False)
+    try:
+        for split in (False, True):
+            set_conv_gemm_split(split)
+            logits = D(img)
+            results.append((logits.detach(), torch.autograd.grad(logits.square().sum(), list(D.parameters()))))
+    finally:
+        set_conv_gemm_split(old)
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

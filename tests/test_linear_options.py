@@ -80,15 +80,19 @@ def test_config_switch_sets_the_options() -> None:
         assert opts["split_k"] is on and opts["pad_inputs"] is on and opts["forward"] == "baddbmm"
 
 
-def test_config_sets_the_fir_implementation() -> None:
+def test_config_sets_the_fir_implementation_and_epilogue_split() -> None:
     from torch_utils.ops import fir
     from training.config import resolve_config
+    from training.networks import discriminator
     from training.training_loop import configure_torch
     try:
-        configure_torch(resolve_config("smoke", sets=["d_fir=single"]), torch.device("cpu"))
-        assert fir._fir_impl == "single"
+        configure_torch(resolve_config("smoke", sets=["d_fir=single", "d_epilogue_split=true"]), torch.device("cpu"))
+        assert fir._fir_impl == "single" and discriminator._gemm_options["split_taps"] is True
+        configure_torch(resolve_config("smoke"), torch.device("cpu"))
+        assert fir._fir_impl == "auto" and discriminator._gemm_options["split_taps"] is False
     finally:
         fir.set_fir_impl("auto")
+        discriminator.set_conv_gemm_split(False)
 
 
 def test_start_line_names_the_gemm_and_r1_layout_choices() -> None:
@@ -99,8 +103,8 @@ def test_start_line_names_the_gemm_and_r1_layout_choices() -> None:
         cfg = resolve_config("smoke", sets=["cuda_graphs=false", *sets])
         # cuda_graphs=false returns the eager step before any CUDA call, so a CPU machine can build the line
         _, _, desc = wrap_step_for_speed(None, None, cfg, torch.device("cuda"), None, lambda: iter(()))
-        assert want in desc and "eager step (cuda_graphs=false)" in desc
+        assert want in desc and "eager step (cuda_graphs=false)" in desc and "R1 FIR depthwise)" in desc
         if absent:
             assert absent not in desc
         else:
-            assert "D compiled (channels_last; R1 NCHW)" in desc
+            assert "D compiled (channels_last; R1 NCHW; R1 FIR depthwise)" in desc

@@ -76,6 +76,8 @@ class TrainConfig:
     r1_channels_last: bool = True        # GPU: the R1 phase's (eager) D in NHWC too, when d_channels_last is on
     d_fir: str = "auto"                  # D's [1, 3, 3, 1] downsampling filter: auto | pool | single | grouped |
                                          # depthwise
+    d_epilogue_split: bool = False       # D's 4x4 epilogue conv as one GEMM per kernel tap (split-K; same function;
+                                         # not yet timed in training: bench/micro_gemm.py has the isolated rows)
     r1_fir: str = "depthwise"            # that filter in the (eager, twice-differentiated) R1 phase: one of d_fir's
                                          # choices, or same (= d_fir); depthwise measured fastest there
     g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)

@@ -135,7 +135,9 @@ def wrap_step_for_speed(step: Any, dataset: Any, cfg: Any, device: torch.device,
                   f"{', fused-kernel fakes' if fused_fakes else ''}), "
                   f"D {'compiled' if cfg.d_compile else 'eager'} "
                   f"({'channels_last' if cfg.d_channels_last else 'NCHW'}"
-                  f"{'; R1 NCHW' if cfg.d_channels_last and not cfg.r1_channels_last else ''})")
+                  f"{'; R1 NCHW' if cfg.d_channels_last and not cfg.r1_channels_last else ''}"
+                  f"; R1 FIR {cfg.d_fir if cfg.r1_fir == 'same' else cfg.r1_fir})"
+                  f"{', G_ema on a side stream' if getattr(step, 'ema_stream', None) is not None else ''}")
     if device.type != "cuda" or not cfg.cuda_graphs or cfg.deterministic:
         why = "CPU" if device.type != "cuda" else ("deterministic" if cfg.deterministic else "cuda_graphs=false")
         return step, reals_iter_fn(), f"eager step ({why}){d_desc}"

@@ -35,8 +35,8 @@ class TrainingDiverged(UserError):
 # Setup.
 
 def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
-    """Determinism, cuDNN and TF32 policy (TF32 off as in the reference: fp32 stays fp32); G's GEMM options and D's
-    FIR implementation (process-wide choices, each computing the same function)."""
+    """Determinism, cuDNN and TF32 policy (TF32 off as in the reference: fp32 stays fp32); G's GEMM options, D's
+    FIR implementation and epilogue GEMM split (process-wide choices, each computing the same function)."""
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -48,6 +48,8 @@ def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
     hyper.set_linear_options(split_k=cfg.g_gemm_tuning, pad_inputs=cfg.g_gemm_tuning,
                              fused=train_mlp_fused(cfg, device))
     set_fir_impl(cfg.d_fir)
+    from training.networks.discriminator import set_conv_gemm_split
+    set_conv_gemm_split(cfg.d_epilogue_split)
 
 
 def train_mlp_fused(cfg: TrainConfig, device: torch.device) -> bool:

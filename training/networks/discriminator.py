@@ -61,9 +61,7 @@ class Conv2dLayer(nn.Module):
         """x [N, C_in, H, W] -> [N, C_out, H / down, W / down] in x's dtype."""
         w = (self.weight * self.weight_gain).to(x.dtype)  # [C_out, C_in, k, k]
         if self.as_gemm:
-            N, _, H, W = x.shape
-            cols = F.unfold(x, self.kernel_size, padding=self.kernel_size // 2)   # [N, C_in*k*k, H*W]
-            x = torch.matmul(w.reshape(w.shape[0], -1), cols).reshape(N, -1, H, W)  # [N, C_out, H, W]
+            x = conv_as_gemm(x, w, split_taps=_gemm_options["split_taps"])
         elif self.down == 1:
             x = F.conv2d(x, w, padding=self.kernel_size // 2)
         elif self.kernel_size == 1:
@@ -86,6 +84,32 @@ class Conv2dLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, act={self.activation}, "
                 f"down={self.down}, clamp={self.conv_clamp}")
+
+
+_gemm_options = {"split_taps": False}
+
+
+def set_conv_gemm_split(split_taps: bool) -> bool:
+    """How `conv_as_gemm` runs D's epilogue conv (the same function either way); returns the previous choice."""
+    old, _gemm_options["split_taps"] = _gemm_options["split_taps"], bool(split_taps)
+    return old
+
+
+def conv_as_gemm(x: torch.Tensor, w: torch.Tensor, split_taps: bool = False) -> torch.Tensor:
+    """Stride-1 'same' conv as unfold + GEMM: x [N, C, H, W], w [O, C, k, k] -> [N, O, H, W].
+
+    split_taps: one GEMM per kernel tap (k * k GEMMs of inner size C, batched, then summed) instead of one GEMM of
+    inner size C k^2. At batch 4 the single GEMM of D's 4x4 epilogue conv ([N*16 = 64 rows, K = 513 * 9 = 4,617])
+    leaves most of the GPU idle while it walks its long inner axis; split by taps it is a split-K GEMM.
+    """
+    N, C, H, W = x.shape
+    O, k = w.shape[0], w.shape[-1]
+    cols = F.unfold(x, k, padding=k // 2)                                               # [N, C*k*k, H*W]
+    if not split_taps:
+        return torch.matmul(w.reshape(O, -1), cols).reshape(N, O, H, W)
+    taps = cols.view(N, C, k * k, H * W).permute(2, 1, 0, 3).reshape(k * k, C, N * H * W)  # [kk, C, N*HW]
+    per_tap = torch.bmm(w.reshape(O, C, k * k).permute(2, 0, 1), taps)                   # [kk, O, N*HW]
+    return per_tap.sum(0).view(O, N, H, W).transpose(0, 1)                               # [N, O, H, W]
 
 
 class DiscriminatorBlock(nn.Module):
