@@ -136,8 +136,8 @@ class TrainConfig:
         need(self.aug in AUG_MODES, f"aug '{self.aug}' is not one of {', '.join(AUG_MODES)}.")
         from torch_utils.ops.fir import FIR_IMPLS
         need(self.d_fir in FIR_IMPLS, f"d_fir '{self.d_fir}' is not one of {', '.join(FIR_IMPLS)} (the same filter, "
-             f"computed as average pools, one single-channel conv, a depthwise conv (grouped) or one with its derivatives "
-             f"written out (depthwise); auto = pool).")
+             f"computed as average pools, one single-channel conv, a depthwise conv (grouped) or one with its "
+             f"derivatives written out (depthwise); auto = pool).")
         need(self.r1_fir == "same" or self.r1_fir in FIR_IMPLS,
              f"r1_fir '{self.r1_fir}' is neither 'same' (= d_fir) nor one of {', '.join(FIR_IMPLS)}.")
         from training.networks.generator import MLP_MODES
