@@ -203,14 +203,26 @@ def gate_images(presets: str, device) -> dict:
         img, flat = half[name] = autocast_render(G, z, c2w, win, cfg.patch_size, dt, weight)
         out[f"{name}_rel_l2"] = ((img - ref).norm() / ref.norm()).item()
         out[f"{name}_grad_cos"] = torch.nn.functional.cosine_similarity(flat, flat32, dim=0).item()
+        out.update({f"{name}_{k}": v for k, v in flipped_pixels(img, ref.detach()).items()})
     # PERF.md's acceptance for a 16-bit path: image rel. L2 <= 1e-2 and G-gradient cosine >= 0.999, per precision.
     # The measured misses (fp16 1.0e-2 / 2.3e-2, bf16 4-5e-2 and cosine 0.992-0.995) are explained in
     # docs/PERFORMANCE.md (bistable last-sample pixels); they stay failures here rather than widened tolerances.
+    # `flipped_pixels` records how many pixels carry that miss and the rel L2 of the rest (information only).
     for n in ("bf16", "fp16"):
         out[f"{n}_pass"] = out[f"{n}_rel_l2"] <= 1e-2 and out[f"{n}_grad_cos"] >= 0.999
     out["pass"] = out["naive_vs_batched_max_abs"] <= 1e-4 and out["bf16_pass"] and out["fp16_pass"]
     out.update(gate_fused_paths(G, z, c2w, win, cfg.patch_size, ref, weight, flat32, half["fp16"]))
     return out
+
+
+def flipped_pixels(img: torch.Tensor, ref: torch.Tensor, threshold: float = 0.05) -> dict:
+    """Where a 16-bit image leaves the fp32 one: pixels (over colour channels) off by more than `threshold` (the
+    bistable last-sample flips of the reference's compositing), and the rel L2 of the image without them.
+    img, ref: [B, 3, H, W]. Informational: the gates' pass criteria do not use it."""
+    off = (img - ref).abs().amax(dim=1, keepdim=True) > threshold                      # [B, 1, H, W]
+    keep = (~off).expand_as(ref)
+    rest = ((img - ref)[keep].norm() / ref[keep].norm().clamp_min(1e-12)).item()
+    return {"flipped_pixels": int(off.sum()), "pixels": off.numel(), "rel_l2_without_flipped": rest}
 
 
 def autocast_render(G, z, c2w, win, patch: int, dtype, weight) -> tuple[torch.Tensor, torch.Tensor]:
