@@ -1,9 +1,12 @@
 """The fast training path and the speed-motivated rewrites compute exactly what the reference formulations do."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
+from test_fused_mlp import _run_interpreted
 
 from torch_utils.ops import fir
 from training.fast_step import DeviceImageCache, GraphedTrainStep, device_index_batches
@@ -184,3 +187,61 @@ def test_compiled_d_falls_back_to_eager_once_with_a_message(monkeypatch, capsys)
     assert out.count("torch.compile of Linear failed (RuntimeError: no compiler here)") == 1
     assert "continuing with the eager code" in out
     assert wrapped.failed
+
+
+_FIR_KERNEL_SCRIPT = r'''
+import json
+import torch
+from torch_utils.ops import fir, fir_kernel
+
+f = fir.make_fir_filter().double()
+out = {}
+for down, pad, size, channels_last in ((2, 2, 12, False), (2, 2, 13, True), (1, 2, 9, False), (1, 1, 8, True)):
+    gen = torch.Generator().manual_seed(size)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=gen)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert fir_kernel.runs_on(x)
+    res = {}
+    for impl in ("triton", "depthwise"):
+        xi = x.detach().clone().requires_grad_(True)
+        with fir.using_fir_impl(impl):
+            y = fir.fir2d(xi, f, padding=pad, down=down)
+            c = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+            (g,) = torch.autograd.grad((c * y * y).sum(), xi, create_graph=True)      # first order, kept
+            (gg,) = torch.autograd.grad((g * g).sum(), xi)                             # second order
+        res[impl] = (y.detach(), g.detach(), gg, y.is_contiguous(memory_format=torch.channels_last))
+    ref = fir.fir2d_reference(x, f, pad, down)
+    t, d = res["triton"], res["depthwise"]
+    out[f"d{down}-p{pad}-s{size}-cl{int(channels_last)}"] = {
+        "y": (t[0] - ref).abs().max().item(), "g": (t[1] - d[1]).abs().max().item(),
+        "gg": (t[2] - d[2]).abs().max().item(), "keeps_layout": t[3] == channels_last}
+x32 = torch.randn(2, 4, 8, 8)
+out["fp32"] = {"y": (fir_kernel.fir_down(x32, 2, 2) - fir.fir2d_reference(x32, fir.make_fir_filter(), 2, 2))
+               .abs().max().item()}
+print("RESULTS " + json.dumps(out))
+'''
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_fir_kernel_under_triton_interpreter(tmp_path):
+    """d_fir / r1_fir = 'triton': the Triton FIR and its adjoint (CPU interpreter, fp64) give fir2d's values and the
+    same first and second derivatives as 'depthwise', in NCHW and NHWC (kept), stride 1 and 2, odd sizes."""
+    results = _run_interpreted(tmp_path, "run_fir_kernel.py", _FIR_KERNEL_SCRIPT)
+    assert results.pop("fp32")["y"] < 1e-6
+    assert len(results) == 4
+    for name, r in results.items():
+        assert r["y"] < 1e-12 and r["g"] < 1e-12 and r["gg"] < 1e-10 and r["keeps_layout"], (name, r)
+
+
+def test_triton_fir_falls_back_off_the_kernel():
+    """Without CUDA (and without the interpreter) 'triton' runs the depthwise convs, inside torch.compile the pools:
+    the same values either way."""
+    torch.manual_seed(0)
+    f = fir.make_fir_filter()
+    x = torch.randn(2, 3, 10, 10)
+    ref = fir.fir2d_reference(x, f, padding=2, down=2)
+    with fir.using_fir_impl("triton"):
+        torch.testing.assert_close(fir.fir2d(x, f, padding=2, down=2), ref)
+        compiled = torch.compile(lambda t: fir.fir2d(t, f, padding=2, down=2, binomial=True), backend="aot_eager")
+        torch.testing.assert_close(compiled(x), ref)

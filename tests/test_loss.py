@@ -278,7 +278,7 @@ def test_two_guards_share_one_fused_adam_with_separate_scales():
     assert reg.scale.item() == 512.0 and main.scale.item() == 1024.0    # ... and only its scale halved
 
 
-@pytest.mark.parametrize("fir_impl", ["pool", "single", "depthwise"])
+@pytest.mark.parametrize("fir_impl", ["pool", "single", "depthwise", "triton"])
 def test_r1_penalty_is_the_same_in_every_layout_and_fir_implementation(fir_impl):
     """Config r1_channels_last and d_fir change how the R1 phase runs, not what it computes (penalty and D grads)."""
     from torch_utils.ops import fir

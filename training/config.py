@@ -75,7 +75,7 @@ class TrainConfig:
     d_compile: bool = True               # GPU: torch.compile D for the first-order phases (R1 stays eager)
     r1_channels_last: bool = True        # GPU: the R1 phase's (eager) D in NHWC too, when d_channels_last is on
     d_fir: str = "auto"                  # D's [1, 3, 3, 1] downsampling filter: auto | pool | single | grouped |
-                                         # depthwise
+                                         # depthwise | triton
     d_epilogue_split: bool = False       # D's 4x4 epilogue conv as one GEMM per kernel tap (split-K; same function;
                                          # not yet timed in training: bench/micro_gemm.py has the isolated rows)
     r1_fir: str = "depthwise"            # that filter in the (eager, twice-differentiated) R1 phase: one of d_fir's
@@ -137,7 +137,7 @@ class TrainConfig:
         from torch_utils.ops.fir import FIR_IMPLS
         need(self.d_fir in FIR_IMPLS, f"d_fir '{self.d_fir}' is not one of {', '.join(FIR_IMPLS)} (the same filter, "
              f"computed as average pools, one single-channel conv, a depthwise conv (grouped) or one with its "
-             f"derivatives written out (depthwise); auto = pool).")
+             f"derivatives written out (depthwise, triton: as Triton kernels); auto = pool).")
         need(self.r1_fir == "same" or self.r1_fir in FIR_IMPLS,
              f"r1_fir '{self.r1_fir}' is neither 'same' (= d_fir) nor one of {', '.join(FIR_IMPLS)}.")
         from training.networks.generator import MLP_MODES

@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from torch_utils.ops import fir_kernel
+
 
 def make_fir_filter(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
     """Separable 2-D filter [k, k] = outer(taps, taps), normalised to sum 1 (unit DC gain)."""
@@ -23,7 +25,7 @@ def make_fir_filter(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
     return f / f.sum()
 
 
-FIR_IMPLS = ("auto", "pool", "single", "grouped", "depthwise")
+FIR_IMPLS = ("auto", "pool", "single", "grouped", "depthwise", "triton")
 _fir_impl = "auto"
 _BINOMIAL4 = torch.tensor([[1.0, 3.0, 3.0, 1.0]]).T @ torch.tensor([[1.0, 3.0, 3.0, 1.0]]) / 64.0
 
@@ -39,7 +41,10 @@ def set_fir_impl(impl: str) -> None:
     twice differentiable. 'depthwise' is the grouped conv with its derivatives written out (`_FirDepthwise`): the
     gradient of the filter is the transposed depthwise conv and the gradient of that is the filter again, so the R1
     double backward runs one depthwise conv or transposed conv per FIR (no per-group loop, any memory format).
-    'auto' uses 'pool' for that filter and 'single' for any other.
+    'triton' is 'depthwise' with both directions as the memory-bound Triton kernels of `fir_kernel` (the binomial
+    filter on CUDA, or under TRITON_INTERPRET=1; 'depthwise' elsewhere, and the 'pool' form inside torch.compile,
+    where inductor fuses the pools into its own kernels). 'auto' uses 'pool' for that filter and 'single' for any
+    other.
     """
     global _fir_impl
     if impl not in FIR_IMPLS:
@@ -74,33 +79,55 @@ def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomia
     k = f.shape[-1]
     if binomial is None:
         binomial = _is_binomial4(f)
-    if _fir_impl == "pool" or (_fir_impl == "auto" and binomial):
+    if _fir_impl == "pool" or (_fir_impl == "auto" and binomial) or \
+            (_fir_impl == "triton" and binomial and torch.compiler.is_compiling()):
         return _fir2d_pool(x, padding, down)
     weight = f.to(dtype=x.dtype, device=x.device).reshape(1, 1, k, k)                  # [1, 1, k, k]
-    if _fir_impl == "depthwise":
-        return _FirDepthwise.apply(x, weight.expand(C, 1, k, k), padding, down)
+    if _fir_impl in ("depthwise", "triton"):
+        kernel = _fir_impl == "triton" and binomial and fir_kernel.runs_on(x)
+        return _FirDepthwise.apply(x, weight.expand(C, 1, k, k), padding, down, kernel)
     if _fir_impl == "grouped":
         return F.conv2d(x, weight.expand(C, 1, k, k), stride=down, padding=padding, groups=C)
     y = F.conv2d(x.reshape(N * C, 1, H, W), weight, stride=down, padding=padding)       # [N*C, 1, h, w]
     return y.reshape(N, C, y.shape[-2], y.shape[-1])
 
 
+def _filter(x: torch.Tensor, weight: torch.Tensor, padding: int, down: int, kernel: bool) -> torch.Tensor:
+    """L x: the Triton kernel (binomial filter only) or the depthwise conv with weight [C, 1, k, k]."""
+    if kernel:
+        return fir_kernel.fir_down(x, padding, down)
+    return F.conv2d(x, weight, stride=down, padding=padding, groups=x.shape[1])
+
+
+def _adjoint(g: torch.Tensor, weight: torch.Tensor, padding: int, down: int, in_hw: tuple[int, int],
+             kernel: bool) -> torch.Tensor:
+    """L^T g (output size in_hw): the Triton kernel or the transposed depthwise conv."""
+    if kernel:
+        return fir_kernel.fir_adjoint(g, padding, down, in_hw)
+    k = weight.shape[-1]
+    extra = [size - ((h - 1) * down - 2 * padding + k) for size, h in zip(in_hw, g.shape[-2:])]
+    return F.conv_transpose2d(g, weight, stride=down, padding=padding, output_padding=tuple(extra),
+                              groups=g.shape[1])
+
+
 class _FirDepthwise(torch.autograd.Function):
     """y = L x: the depthwise FIR (weight [C, 1, k, k], zero padding, stride `down`), a linear map of x alone.
 
-    Its backward is L^T (`_FirDepthwiseT`, a transposed depthwise conv), whose backward is L again, so derivatives
-    of every order stay single depthwise convolutions. The filter is a constant (no gradient)."""
+    Its backward is L^T (`_FirDepthwiseT`), whose backward is L again, so derivatives of every order stay single
+    filter calls: depthwise convs (transposed for L^T), or with kernel=True the Triton kernels of `fir_kernel`
+    ('triton', binomial filter). The filter is a constant (no gradient)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int, down: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int, down: int, kernel: bool) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        ctx.padding, ctx.down, ctx.in_hw = padding, down, tuple(x.shape[-2:])
-        return F.conv2d(x, weight, stride=down, padding=padding, groups=x.shape[1])
+        ctx.padding, ctx.down, ctx.in_hw, ctx.kernel = padding, down, tuple(x.shape[-2:]), kernel
+        return _filter(x, weight, padding, down, kernel)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (weight,) = ctx.saved_tensors
-        return _FirDepthwiseT.apply(grad, weight, ctx.padding, ctx.down, ctx.in_hw), None, None, None
+        gx = _FirDepthwiseT.apply(grad, weight, ctx.padding, ctx.down, ctx.in_hw, ctx.kernel)
+        return gx, None, None, None, None
 
 
 class _FirDepthwiseT(torch.autograd.Function):
@@ -108,18 +135,15 @@ class _FirDepthwiseT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grad: torch.Tensor, weight: torch.Tensor, padding: int, down: int,
-                in_hw: tuple[int, int]) -> torch.Tensor:
+                in_hw: tuple[int, int], kernel: bool) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        ctx.padding, ctx.down = padding, down
-        k = weight.shape[-1]
-        extra = [size - ((g - 1) * down - 2 * padding + k) for size, g in zip(in_hw, grad.shape[-2:])]
-        return F.conv_transpose2d(grad, weight, stride=down, padding=padding, output_padding=tuple(extra),
-                                  groups=grad.shape[1])
+        ctx.padding, ctx.down, ctx.kernel = padding, down, kernel
+        return _adjoint(grad, weight, padding, down, in_hw, kernel)
 
     @staticmethod
     def backward(ctx, gg: torch.Tensor):
         (weight,) = ctx.saved_tensors
-        return _FirDepthwise.apply(gg, weight, ctx.padding, ctx.down), None, None, None, None
+        return _FirDepthwise.apply(gg, weight, ctx.padding, ctx.down, ctx.kernel), None, None, None, None, None
 
 
 def is_binomial4(f: torch.Tensor) -> bool:
