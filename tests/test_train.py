@@ -113,6 +113,53 @@ def test_resume_is_exact_under_deterministic(tiny_data, tmp_path, capsys):
     assert kimgs == sorted(kimgs) and kimgs[-1] == 0.032         # the curves continue in the same file
 
 
+def test_deferred_d_step_trains_the_same_run(tiny_data, tmp_path, capsys):
+    """d_step_overlap (D's last update of a step applied at the start of the next, flushed at every tick): the same
+    run as without it, bit for bit (CPU, deterministic), with R1 steps (Dreg's update deferred) and ADA active; a
+    resume in the middle continues it."""
+    common = [*SMOKE, "--data", tiny_data, "--deterministic", "--aug", "ada", "--set", "ada_interval=2",
+              "--set", "d_reg_interval=3", "--set", "kimg_per_tick=0.016", "--kimg", "0.032"]
+    plain, deferred = tmp_path / "plain", tmp_path / "deferred"
+    assert cli(["--outdir", str(plain), *common], capsys)[0] == 0
+    code, out, err = cli(["--outdir", str(deferred), *common, "--set", "d_step_overlap=true"], capsys)
+    assert code == 0, err
+    a, b = _final_state(only_run_dir(plain)), _final_state(only_run_dir(deferred))
+    for key in ("G", "G_ema", "D"):
+        for name in a[key]:
+            torch.testing.assert_close(b[key][name], a[key][name], rtol=0, atol=0, msg=f"{key}.{name}")
+    sa, sb = a["step"]["opt_D"]["state"], b["step"]["opt_D"]["state"]
+    for i in sa:
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(sb[i][k], sa[i][k], rtol=0, atol=0)
+
+
+def test_deferred_d_step_waits_for_the_next_gmain_or_a_flush(tiny_data):
+    from training.config import resolve_config
+    from training.phases import TrainStep
+    from training.training_loop import build_networks
+    cfg = resolve_config("smoke", ["d_step_overlap=true", "d_reg_interval=3"], {"data": tiny_data})
+    nets = build_networks(cfg, 32, torch.device("cpu"))
+    step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
+                     torch.Generator().manual_seed(0))
+    assert step.d_stream is None and not step.d_pending
+    reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8)
+    d0 = [p.detach().clone() for p in nets.D.parameters()]
+    step(reals, 1)                                         # no R1: Dmain's update is deferred
+    assert step.d_pending
+    assert all(torch.equal(p, q) for p, q in zip(nets.D.parameters(), d0))   # D untouched so far
+    g = [p.grad.clone() for p in nets.D.parameters() if p.grad is not None]
+    state = step.state_dict()                              # saving applies it first
+    assert not step.d_pending and state["opt_D"]["state"]
+    assert any(not torch.equal(p, q) for p, q in zip(nets.D.parameters(), d0))
+    assert all(torch.equal(p.grad, q) for p, q in zip((p for p in nets.D.parameters() if p.grad is not None), g))
+    step.flush()                                           # nothing pending: no second update
+    d1 = [p.detach().clone() for p in nets.D.parameters()]
+    step.flush()
+    assert all(torch.equal(p, q) for p, q in zip(nets.D.parameters(), d1))
+    step(reals, 3)                                         # an R1 step: Dmain updates now, Dreg's update waits
+    assert step.d_pending
+
+
 def test_ticks_stay_on_the_kimg_grid_after_a_mid_tick_stop(tiny_data, tmp_path, capsys):
     """A run stopped mid-tick (here: an earlier, shorter --kimg) and continued ends its ticks at the same kimg
     as an uninterrupted run: 0.016 and 0.032, not 0.008 + 0.016."""

@@ -106,6 +106,8 @@ class TrainConfig:
     ema_kimg: float = 20.0               # EMA half-life
     ema_rampup: float = 0.05             # EMA half-life ramps up as ema_rampup * cur_nimg (0 = off)
     ema_overlap: bool = True             # GPU: update G_ema on a side CUDA stream while Dmain runs (same result)
+    d_step_overlap: bool = False         # D's last optimiser step of each step runs at the start of the next, on a
+                                         # side CUDA stream while G renders (same updates; not yet timed)
     max_bad_steps: int = 100             # abort after this many consecutive steps with non-finite gradients
     max_frozen_ticks: int = 2            # abort after this many consecutive ticks in which G did not change (0: never)
     loss_scale_init: float = 32768.0     # fp16 only: initial dynamic loss scale

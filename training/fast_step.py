@@ -96,7 +96,7 @@ class GraphedTrainStep:
         if not self.enabled:
             self.step(self._reals(), step_idx)
             return
-        key = self.pattern(step_idx)
+        key = (*self.pattern(step_idx), getattr(self.step, "d_pending", False))
         graph = self.graphs.get(key)
         if graph is None:
             generators = [g for g in (getattr(self.step, "generator", None),) if g is not None]
@@ -104,6 +104,8 @@ class GraphedTrainStep:
                               pool=self.pool, generators=generators)
             self.graphs[key] = graph
         graph()
+        if hasattr(self.step, "stepped"):      # a replay runs no Python: the step's host state after one step
+            self.step.stepped()
 
 
 def device_index_batches(indices: Any, batch: int, device: torch.device | str, steps_per_upload: int = 512):

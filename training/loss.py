@@ -9,7 +9,7 @@ augmentation, times the interval. The empty Greg phase of the reference is dropp
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -280,9 +280,13 @@ class HyperNeRFGANLoss:
         logits = self.score(pair_batches(a, b, group))                                  # [2n, 1]
         return unpair_batches(logits, group)
 
-    def gmain(self, n: int) -> torch.Tensor:
-        """Non-saturating G loss (mean over n fakes)."""
-        logits = self.run_D(self.run_G(n, update_w_avg=True))                           # [n, 1]
+    def gmain(self, n: int, before_d: Callable[[], None] | None = None) -> torch.Tensor:
+        """Non-saturating G loss (mean over n fakes). before_d: called between G's render and D (the join of a
+        D update that ran meanwhile, TrainStep's d_step_overlap)."""
+        fake = self.run_G(n, update_w_avg=True)                                         # [n, 3, P, P]
+        if before_d is not None:
+            before_d()
+        logits = self.run_D(fake)                                                       # [n, 1]
         loss = F.softplus(-logits)
         training_stats.report("Loss/scores/fake", logits)
         training_stats.report("Loss/signs/fake", logits.sign())

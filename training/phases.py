@@ -78,6 +78,13 @@ class TrainStep:
                                      fakes_mlp=fakes_mlp_path(cfg, G, device, dtype),
                                      r1_fir=None if cfg.r1_fir == "same" else cfg.r1_fir)
         self.ema_stream = torch.cuda.Stream(device) if cfg.ema_overlap and device.type == "cuda" else None
+        # cfg.d_step_overlap: D's last optimiser step of a training step runs at the start of the next one, on a
+        # side stream while G renders Gmain's fakes (in line on CPU); `flush` applies it whenever D is read between
+        # steps. The same updates in the same order: G's render does not read D.
+        self.d_defer = bool(cfg.d_step_overlap)
+        self.d_pending = False
+        self.d_stream = torch.cuda.Stream(device) if self.d_defer and device.type == "cuda" else None
+        self.pending_found_inf = torch.zeros([], dtype=torch.float32, device=device)
         z = lambda dt=torch.int64: torch.zeros([], dtype=dt, device=device)  # noqa: E731
         self.cur_nimg = z()                      # images shown to D over all ranks
         self.bad_consec = z()                    # current run of consecutive steps with non-finite gradients
@@ -85,14 +92,54 @@ class TrainStep:
         self.bad_total = z()                     # all bad steps of the run
         self.ada_acc = torch.zeros([2], dtype=torch.float32, device=device)  # [sum sign(D(real)), count]
 
-    def _phase(self, loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, guard: GradGuard) -> torch.Tensor:
-        """Backward (scaled), all-reduce, unscale + check, optimiser step. Returns `bad` (0-dim bool)."""
+    def _phase(self, loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, guard: GradGuard,
+               defer: bool = False) -> torch.Tensor:
+        """Backward (scaled), all-reduce, unscale + check, optimiser step (D's, with defer: at the start of the next
+        step, `_start_pending_d`). Returns `bad` (0-dim bool)."""
         guard.scale_loss(loss).backward(inputs=params)
         dist_utils.all_reduce_grads(params)
         bad = guard.unscale_and_check()
+        if defer:
+            self.pending_found_inf.copy_(guard.found_inf)     # the skip flag travels with the deferred update
+            self.d_pending = True
+            return bad
         guard.bind()
         opt.step()
         return bad
+
+    def _d_step_now(self) -> None:
+        """The deferred D update: fused Adam reads the skip flag saved with it (fp16), then D's gradients as they
+        were left by the phase that deferred it."""
+        if self.guard_D.optimizer is not None:
+            self.opt_D.found_inf = self.pending_found_inf
+        self.opt_D.step()
+
+    def _start_pending_d(self) -> Callable[[], None]:
+        """Apply the D update deferred by the previous step, on the side stream when there is one (it then runs
+        while G renders Gmain's fakes, which do not read D). Returns the join (the current stream waits for it),
+        to be called before anything reads D. Every tensor it touches is persistent."""
+        if not self.d_pending:
+            return lambda: None
+        self.d_pending = False
+        if self.d_stream is None:
+            self._d_step_now()
+            return lambda: None
+        main = torch.cuda.current_stream(self.device)
+        self.d_stream.wait_stream(main)
+        with torch.cuda.stream(self.d_stream):
+            self._d_step_now()
+        return lambda: main.wait_stream(self.d_stream)
+
+    def flush(self) -> None:
+        """Apply a deferred D update now (cfg.d_step_overlap): call before anything reads D or its optimiser
+        between steps (snapshots, training states, metrics). A no-op when nothing is pending."""
+        if self.d_pending:
+            self.d_pending = False
+            self._d_step_now()
+
+    def stepped(self) -> None:
+        """Host-side state after a step: a CUDA-graph replay runs no Python, so the caller reports it here."""
+        self.d_pending = self.d_defer
 
     def gmain_phase(self, n: int) -> torch.Tensor:
         """Gmain: update G to fool D on n fresh fakes. Returns `bad` (0-dim bool).
@@ -100,11 +147,12 @@ class TrainStep:
         D's parameters do not require grad during this phase (as the reference toggles requires_grad per phase), so
         D's backward, compiled or not, computes only the input gradients that reach G, not D's weight gradients."""
         self.opt_G.zero_grad(set_to_none=True)
+        join_d = self._start_pending_d()      # the previous step's D update, while G renders
         frozen = [p for p in self.D_params if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
         try:
-            bad = self._phase(self.loss.gmain(n), self.G_params, self.opt_G, self.guard_G)
+            bad = self._phase(self.loss.gmain(n, before_d=join_d), self.G_params, self.opt_G, self.guard_G)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -112,19 +160,22 @@ class TrainStep:
             dist_utils.all_reduce_mean_buffers(self.G)   # w_avg tracks the global batch on every rank
         return bad
 
-    def dmain_phase(self, real: torch.Tensor) -> torch.Tensor:
-        """Dmain: logistic loss on fresh fakes and the reals (real [b, 3, H, W] in [-1, 1]). Returns `bad`."""
+    def dmain_phase(self, real: torch.Tensor, defer: bool = False) -> torch.Tensor:
+        """Dmain: logistic loss on fresh fakes and the reals (real [b, 3, H, W] in [-1, 1]). Returns `bad`.
+        defer: leave D's optimiser step to the next step's Gmain (`flush` applies it earlier)."""
+        self.flush()
         self.opt_D.zero_grad(set_to_none=True)
         d_loss, sign_sum = self.loss.dmain(real)
-        bad = self._phase(d_loss, self.D_params, self.opt_D, self.guard_D)
+        bad = self._phase(d_loss, self.D_params, self.opt_D, self.guard_D, defer)
         self.ada_acc.add_(torch.stack([sign_sum.float(), torch.full_like(sign_sum, real.shape[0]).float()]))
         return bad
 
-    def dreg_phase(self, real: torch.Tensor) -> torch.Tensor:
-        """Dreg: lazy R1 on the full-resolution reals, multiplied by the interval. Returns `bad`."""
+    def dreg_phase(self, real: torch.Tensor, defer: bool = False) -> torch.Tensor:
+        """Dreg: lazy R1 on the full-resolution reals, multiplied by the interval. Returns `bad` (defer: as Dmain)."""
+        self.flush()
         self.opt_D.zero_grad(set_to_none=True)
         reg = self.loss.dreg(real, gain=self.cfg.d_reg_interval)
-        return self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg)
+        return self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg, defer)
 
     def ema_phase(self) -> None:
         """Count this step's images, then move G_ema toward G (beta from the count; no host sync)."""
@@ -150,14 +201,16 @@ class TrainStep:
         """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0."""
         cfg = self.cfg
         real = reals.to(torch.float32) / 127.5 - 1                                 # [b, 3, H, W] in [-1, 1]
+        reg = cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0   # lazy R1 every d_reg_interval steps
         bad = self.gmain_phase(real.shape[0])
         join_ema = self._start_ema()        # G_ema <- G while Dmain runs (Dmain and Dreg only read G)
-        bad = bad | self.dmain_phase(real)
-        if cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0:   # lazy R1 every d_reg_interval steps
-            bad = bad | self.dreg_phase(real)
+        bad = bad | self.dmain_phase(real, defer=self.d_defer and not reg)   # D's last update of the step may
+        if reg:                                                              # wait for the next Gmain
+            bad = bad | self.dreg_phase(real, defer=self.d_defer)
 
         join_ema()
         self._count_bad(bad)
+        self.stepped()
 
         # ADA: move p toward the target from the mean sign of D(real) over the last ada_interval steps (all ranks).
         if cfg.aug == "ada" and self.augment_pipe is not None and (step_idx + 1) % cfg.ada_interval == 0:
@@ -184,6 +237,7 @@ class TrainStep:
         return longest, total
 
     def state_dict(self) -> dict:
+        self.flush()
         return {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
                 "guard_G": self.guard_G.state_dict(), "guard_D": self.guard_D.state_dict(),
                 "guard_Dreg": self.guard_Dreg.state_dict(),
@@ -191,6 +245,7 @@ class TrainStep:
                 "bad_total": self.bad_total.cpu().clone(), "ada_acc": self.ada_acc.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
+        self.d_pending = False
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.guard_G.load_state_dict(state["guard_G"])

@@ -428,6 +428,11 @@ def train(run: EasyDict) -> None:
         run.step(next(run.data_iter), run.batch_idx)
         run.batch_idx += 1
         run.cur_nimg += cfg.batch
+        done = run.cur_nimg >= total_nimg
+        tick_end = done or run.cur_nimg >= next_tick_end(run.tick_start_nimg, cfg.kimg_per_tick)
+        if tick_end or run.stop_signal is not None:
+            getattr(run.step, "flush", lambda: None)()   # a deferred D update (d_step_overlap) lands before D is
+                                                          # saved or read
         if run.stop_signal is not None:
             save_checkpoints(run, snapshot=False)
             if run.rank == 0:
@@ -435,8 +440,7 @@ def train(run: EasyDict) -> None:
                       f"{state_io.snapshot_name(run.cur_nimg)}.pt at kimg {run.cur_nimg / 1000:.3f}; exiting. "
                       f"Continue with --resume auto.", flush=True)
             return
-        done = run.cur_nimg >= total_nimg
-        if done or run.cur_nimg >= next_tick_end(run.tick_start_nimg, cfg.kimg_per_tick):
+        if tick_end:
             run.cur_tick += 1
             maintenance(run, done)
     if run.rank == 0:
