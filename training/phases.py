@@ -121,14 +121,19 @@ class TrainStep:
         if not self.d_pending:
             return lambda: None
         self.d_pending = False
-        if self.d_stream is None:
-            self._d_step_now()
+        return self._on_side_stream(self.d_stream, self._d_step_now)
+
+    def _on_side_stream(self, stream: torch.cuda.Stream | None, work: Callable[[], None]) -> Callable[[], None]:
+        """Run `work` now: in line without a stream, else on `stream` after the current stream's work so far (a CUDA
+        graph captures the fork). Returns the join, which makes the current stream wait for it."""
+        if stream is None:
+            work()
             return lambda: None
         main = torch.cuda.current_stream(self.device)
-        self.d_stream.wait_stream(main)
-        with torch.cuda.stream(self.d_stream):
-            self._d_step_now()
-        return lambda: main.wait_stream(self.d_stream)
+        stream.wait_stream(main)
+        with torch.cuda.stream(stream):
+            work()
+        return lambda: main.wait_stream(stream)
 
     def flush(self) -> None:
         """Apply a deferred D update now (cfg.d_step_overlap): call before anything reads D or its optimiser
@@ -188,14 +193,7 @@ class TrainStep:
         Dmain, a CUDA graph captures the fork and the join). Returns the join: the current stream waits for it.
         Every tensor the side stream uses is persistent or allocated on it, so the caching allocator cannot hand
         its memory to the main stream early."""
-        if self.ema_stream is None:
-            self.ema_phase()
-            return lambda: None
-        main = torch.cuda.current_stream(self.device)
-        self.ema_stream.wait_stream(main)
-        with torch.cuda.stream(self.ema_stream):
-            self.ema_phase()
-        return lambda: main.wait_stream(self.ema_stream)
+        return self._on_side_stream(self.ema_stream, self.ema_phase)
 
     def __call__(self, reals: torch.Tensor, step_idx: int) -> None:
         """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0."""

@@ -38,6 +38,15 @@ def runs_on(x: torch.Tensor) -> bool:
 
 if triton is not None:
     @triton.jit
+    def _unflatten(offs, size1, size2, size3):
+        """Row-major linear index -> (q0, q1, q2, q3) of a [*, size1, size2, size3] array."""
+        q3 = offs % size3
+        rest = offs // size3
+        q2 = rest % size2
+        rest = rest // size2
+        return rest // size1, rest % size1, q2, q3
+
+    @triton.jit
     def _fir_kernel(src, dst, total, C, OH, OW, SH, SW,
                     s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w,
                     PAD: tl.constexpr, DOWN: tl.constexpr, ADJOINT: tl.constexpr, CHANNELS_LAST: tl.constexpr,
@@ -45,19 +54,9 @@ if triton is not None:
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < total
         if CHANNELS_LAST:                      # output element order (n, i, j, c)
-            c = offs % C
-            rest = offs // C
-            j = rest % OW
-            rest = rest // OW
-            i = rest % OH
-            n = rest // OH
+            n, i, j, c = _unflatten(offs, OH, OW, C)
         else:                                  # (n, c, i, j)
-            j = offs % OW
-            rest = offs // OW
-            i = rest % OH
-            rest = rest // OH
-            c = rest % C
-            n = rest // C
+            n, c, i, j = _unflatten(offs, C, OH, OW)
         if WIDE:
             acc = tl.zeros([BLOCK], dtype=tl.float64)
         else:
