@@ -114,14 +114,14 @@ class TrainStep:
             self.opt_D.found_inf = self.pending_found_inf
         self.opt_D.step()
 
-    def _start_pending_d(self) -> Callable[[], None]:
-        """Apply the D update deferred by the previous step, on the side stream when there is one (it then runs
-        while G renders Gmain's fakes, which do not read D). Returns the join (the current stream waits for it),
-        to be called before anything reads D. Every tensor it touches is persistent."""
+    def _start_pending_d(self, stream: torch.cuda.Stream | None) -> Callable[[], None]:
+        """Apply the D update deferred by the previous step (if any), on `stream` when given (it then runs while G
+        renders Gmain's fakes, which do not read D). Returns the join (the current stream waits for it), to be
+        called before anything reads D. Every tensor it touches is persistent."""
         if not self.d_pending:
             return lambda: None
         self.d_pending = False
-        return self._on_side_stream(self.d_stream, self._d_step_now)
+        return self._on_side_stream(stream, self._d_step_now)
 
     def _on_side_stream(self, stream: torch.cuda.Stream | None, work: Callable[[], None]) -> Callable[[], None]:
         """Run `work` now: in line without a stream, else on `stream` after the current stream's work so far (a CUDA
@@ -138,9 +138,7 @@ class TrainStep:
     def flush(self) -> None:
         """Apply a deferred D update now (cfg.d_step_overlap): call before anything reads D or its optimiser
         between steps (snapshots, training states, metrics). A no-op when nothing is pending."""
-        if self.d_pending:
-            self.d_pending = False
-            self._d_step_now()
+        self._start_pending_d(None)
 
     def stepped(self) -> None:
         """Host-side state after a step: a CUDA-graph replay runs no Python, so the caller reports it here."""
@@ -152,7 +150,7 @@ class TrainStep:
         D's parameters do not require grad during this phase (as the reference toggles requires_grad per phase), so
         D's backward, compiled or not, computes only the input gradients that reach G, not D's weight gradients."""
         self.opt_G.zero_grad(set_to_none=True)
-        join_d = self._start_pending_d()      # the previous step's D update, while G renders
+        join_d = self._start_pending_d(self.d_stream)   # the previous step's D update, while G renders
         frozen = [p for p in self.D_params if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)

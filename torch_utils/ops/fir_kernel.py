@@ -13,9 +13,10 @@ CUDA tensors (fp16, bf16, fp32, fp64), or CPU tensors under TRITON_INTERPRET=1 (
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
+
+from torch_utils.ops.fused_mlp import _interpreting
 
 try:  # Optional dependency: CPU-only installs and CI have no triton.
     import triton
@@ -25,10 +26,6 @@ except ImportError:  # pragma: no cover - exercised on machines without triton
 
 BLOCK = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def runs_on(x: torch.Tensor) -> bool:
