@@ -160,6 +160,32 @@ def test_deferred_d_step_waits_for_the_next_gmain_or_a_flush(tiny_data):
     assert step.d_pending
 
 
+def test_deferred_d_step_does_not_read_the_grad_attributes(tiny_data):
+    """The deferred D update applies the gradients saved by the phase that deferred it, whatever D's .grad holds
+    by then: a CUDA graph for another phase pattern (or an eager warm-up step) allocates .grad at other addresses,
+    so reading .grad there applied stale gradients (the t4_graph gate diverged on an H200, session 11)."""
+    from training.config import resolve_config
+    from training.phases import TrainStep
+    from training.training_loop import build_networks
+    cfg = resolve_config("smoke", ["d_step_overlap=true"], {"data": tiny_data})
+    reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8)
+    finals = []
+    for clobber in (False, True):
+        torch.manual_seed(0)
+        nets = build_networks(cfg, 32, torch.device("cpu"))
+        step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
+                         torch.Generator().manual_seed(0))
+        step(reals, 1)
+        assert step.d_pending
+        if clobber:
+            for p in nets.D.parameters():
+                p.grad = None if p.grad is None else torch.full_like(p.grad, float("nan"))
+        step.flush()
+        finals.append([p.detach().clone() for p in nets.D.parameters()])
+    for a, b in zip(*finals):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
 def test_ticks_stay_on_the_kimg_grid_after_a_mid_tick_stop(tiny_data, tmp_path, capsys):
     """A run stopped mid-tick (here: an earlier, shorter --kimg) and continued ends its ticks at the same kimg
     as an uninterrupted run: 0.016 and 0.032, not 0.008 + 0.016."""

@@ -105,7 +105,7 @@ class GraphedTrainStep:
             self.graphs[key] = graph
         graph()
         if hasattr(self.step, "stepped"):      # a replay runs no Python: the step's host state after one step
-            self.step.stepped()
+            self.step.stepped(step_idx)
 
 
 def device_index_batches(indices: Any, batch: int, device: torch.device | str, steps_per_upload: int = 512):

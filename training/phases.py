@@ -82,9 +82,16 @@ class TrainStep:
         # side stream while G renders Gmain's fakes (in line on CPU); `flush` applies it whenever D is read between
         # steps. The same updates in the same order: G's render does not read D.
         self.d_defer = bool(cfg.d_step_overlap)
-        self.d_pending = False
+        self.d_pending: str | bool = False      # False, or the phase whose update waits: 'Dmain' or 'Dreg'
         self.d_stream = torch.cuda.Stream(device) if self.d_defer and device.type == "cuda" else None
         self.pending_found_inf = torch.zeros([], dtype=torch.float32, device=device)
+        # The deferred update's gradients, copied out of D's .grad: each phase sets .grad to None and backward
+        # allocates it anew, so a different CUDA graph (or an eager warm-up step) would find its own .grad tensors
+        # at other addresses than the ones the deferring step wrote. These buffers stay put for the whole run.
+        # Which parameters had a gradient is recorded per deferring phase (R1 leaves the last bias without one,
+        # and Adam skips such parameters): `d_pending` names the phase, so CUDA graphs are keyed by it too.
+        self.pending_grads = [torch.zeros_like(p) for p in self.D_params] if self.d_defer else []
+        self.pending_has_grad: dict[str, list[bool]] = {}
         z = lambda dt=torch.int64: torch.zeros([], dtype=dt, device=device)  # noqa: E731
         self.cur_nimg = z()                      # images shown to D over all ranks
         self.bad_consec = z()                    # current run of consecutive steps with non-finite gradients
@@ -93,35 +100,44 @@ class TrainStep:
         self.ada_acc = torch.zeros([2], dtype=torch.float32, device=device)  # [sum sign(D(real)), count]
 
     def _phase(self, loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, guard: GradGuard,
-               defer: bool = False) -> torch.Tensor:
+               defer: str | None = None) -> torch.Tensor:
         """Backward (scaled), all-reduce, unscale + check, optimiser step (D's, with defer: at the start of the next
-        step, `_start_pending_d`). Returns `bad` (0-dim bool)."""
+        step, `_start_pending_d`; defer names the phase). Returns `bad` (0-dim bool)."""
         guard.scale_loss(loss).backward(inputs=params)
         dist_utils.all_reduce_grads(params)
         bad = guard.unscale_and_check()
         if defer:
             self.pending_found_inf.copy_(guard.found_inf)     # the skip flag travels with the deferred update
-            self.d_pending = True
+            has_grad = [p.grad is not None for p in params]
+            self.pending_has_grad[defer] = has_grad
+            torch._foreach_copy_([g for g, h in zip(self.pending_grads, has_grad) if h],
+                                 [p.grad for p in params if p.grad is not None])
+            self.d_pending = defer
             return bad
         guard.bind()
         opt.step()
         return bad
 
-    def _d_step_now(self) -> None:
-        """The deferred D update: fused Adam reads the skip flag saved with it (fp16), then D's gradients as they
-        were left by the phase that deferred it."""
+    def _d_step_now(self, phase: str) -> None:
+        """The deferred D update: fused Adam reads the skip flag saved with it (fp16), then the gradients that the
+        phase which deferred it saved in `pending_grads` (the next D phase's zero_grad drops these aliases); the
+        parameters that phase left without a gradient have none now either."""
         if self.guard_D.optimizer is not None:
             self.opt_D.found_inf = self.pending_found_inf
+        for p, g, has in zip(self.D_params, self.pending_grads, self.pending_has_grad[phase]):
+            p.grad = g if has else None
         self.opt_D.step()
 
     def _start_pending_d(self, stream: torch.cuda.Stream | None) -> Callable[[], None]:
         """Apply the D update deferred by the previous step (if any), on `stream` when given (it then runs while G
         renders Gmain's fakes, which do not read D). Returns the join (the current stream waits for it), to be
-        called before anything reads D. Every tensor it touches is persistent."""
-        if not self.d_pending:
+        called before anything reads D. Every tensor it touches is persistent (parameters, optimiser state,
+        `pending_grads`, `pending_found_inf`)."""
+        phase = self.d_pending
+        if not phase:
             return lambda: None
         self.d_pending = False
-        return self._on_side_stream(stream, self._d_step_now)
+        return self._on_side_stream(stream, lambda: self._d_step_now(phase))
 
     def _on_side_stream(self, stream: torch.cuda.Stream | None, work: Callable[[], None]) -> Callable[[], None]:
         """Run `work` now: in line without a stream, else on `stream` after the current stream's work so far (a CUDA
@@ -140,9 +156,13 @@ class TrainStep:
         between steps (snapshots, training states, metrics). A no-op when nothing is pending."""
         self._start_pending_d(None)
 
-    def stepped(self) -> None:
-        """Host-side state after a step: a CUDA-graph replay runs no Python, so the caller reports it here."""
-        self.d_pending = self.d_defer
+    def _is_reg_step(self, step_idx: int) -> bool:
+        return self.cfg.r1_gamma > 0 and step_idx % self.cfg.d_reg_interval == 0    # lazy R1 every interval steps
+
+    def stepped(self, step_idx: int) -> None:
+        """Host-side state after step `step_idx`: a CUDA-graph replay runs no Python, so the caller reports it here.
+        With d_step_overlap the step's last D update waits: Dreg's on an R1 step, else Dmain's."""
+        self.d_pending = ("Dreg" if self._is_reg_step(step_idx) else "Dmain") if self.d_defer else False
 
     def gmain_phase(self, n: int) -> torch.Tensor:
         """Gmain: update G to fool D on n fresh fakes. Returns `bad` (0-dim bool).
@@ -169,7 +189,7 @@ class TrainStep:
         self.flush()
         self.opt_D.zero_grad(set_to_none=True)
         d_loss, sign_sum = self.loss.dmain(real)
-        bad = self._phase(d_loss, self.D_params, self.opt_D, self.guard_D, defer)
+        bad = self._phase(d_loss, self.D_params, self.opt_D, self.guard_D, "Dmain" if defer else None)
         self.ada_acc.add_(torch.stack([sign_sum.float(), torch.full_like(sign_sum, real.shape[0]).float()]))
         return bad
 
@@ -178,7 +198,7 @@ class TrainStep:
         self.flush()
         self.opt_D.zero_grad(set_to_none=True)
         reg = self.loss.dreg(real, gain=self.cfg.d_reg_interval)
-        return self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg, defer)
+        return self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg, "Dreg" if defer else None)
 
     def ema_phase(self) -> None:
         """Count this step's images, then move G_ema toward G (beta from the count; no host sync)."""
@@ -197,7 +217,7 @@ class TrainStep:
         """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0."""
         cfg = self.cfg
         real = reals.to(torch.float32) / 127.5 - 1                                 # [b, 3, H, W] in [-1, 1]
-        reg = cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0   # lazy R1 every d_reg_interval steps
+        reg = self._is_reg_step(step_idx)
         bad = self.gmain_phase(real.shape[0])
         join_ema = self._start_ema()        # G_ema <- G while Dmain runs (Dmain and Dreg only read G)
         bad = bad | self.dmain_phase(real, defer=self.d_defer and not reg)   # D's last update of the step may
@@ -206,7 +226,7 @@ class TrainStep:
 
         join_ema()
         self._count_bad(bad)
-        self.stepped()
+        self.stepped(step_idx)
 
         # ADA: move p toward the target from the mean sign of D(real) over the last ada_interval steps (all ranks).
         if cfg.aug == "ada" and self.augment_pipe is not None and (step_idx + 1) % cfg.ada_interval == 0:
