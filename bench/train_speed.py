@@ -293,29 +293,64 @@ def gate_compiled_g(presets: str, device) -> dict:
     return res
 
 
-def gate_r1_fir(presets: str, device, data) -> dict:
-    """The R1 phase's FIR implementations on one D and one batch of reals (the default precision): penalty and
-    D-gradient of each against 'pool' (three average pools, what autograd differentiates on its own)."""
-    cfg = make_cfg(presets, "auto")
-    nets, step = make_step(cfg, device)
-    real = data.images[:cfg.batch].to(device).float() / 127.5 - 1
-    params = [p for p in nets.D.parameters() if p.requires_grad]
-    rows = {}
-    for impl in ("pool", "depthwise", "triton"):
-        step.loss.r1_fir = impl
-        gen = step.loss.generator.get_state()
-        reg = step.loss.dreg(real, gain=cfg.d_reg_interval)
-        step.loss.generator.set_state(gen)               # the same augmentation draws for every implementation
-        grads = torch.autograd.grad(reg, params, allow_unused=True)
-        rows[impl] = (reg.detach().double(), torch.cat([(torch.zeros_like(p) if g is None else g).flatten().double()
-                                                         for p, g in zip(params, grads)]))
-    ref_reg, ref_grad = rows.pop("pool")
-    out = {}
-    for impl, (reg, grad) in rows.items():
-        out[f"{impl}_penalty_rel"] = ((reg - ref_reg).abs() / ref_reg.abs().clamp_min(1e-12)).item()
-        out[f"{impl}_grad_cos"] = torch.nn.functional.cosine_similarity(grad, ref_grad, dim=0).item()
-        out[f"{impl}_grad_max_abs"] = (grad - ref_grad).abs().max().item()
-    out["pass"] = all(out[f"{i}_penalty_rel"] <= 1e-2 and out[f"{i}_grad_cos"] >= 0.999 for i in rows)
+def _d_grads(step, cfg, img, real, impls) -> dict:
+    """D's gradients in `step`'s configuration: the first-order D of Gmain / Dmain (compiled where configured) on
+    patches img [n, 3, P, P] (logit-sum gradient w.r.t. img and D), then the R1 loss on the reals for each FIR
+    implementation in `impls` (loss and D-gradient, through the R1 phase's loss scale; the augmentation draws
+    restored between them). -> float64."""
+    loss = step.loss
+    params = [p for p in loss.D.parameters() if p.requires_grad]
+    flat = lambda grads: torch.cat([(torch.zeros_like(p) if g is None else g).flatten().double()  # noqa: E731
+                                    for p, g in zip(params, grads)])
+    x = img.detach().requires_grad_(True)
+    grads = torch.autograd.grad(loss.score(x).sum(), [x, *params], allow_unused=True)
+    out = {"input": grads[0].double().flatten(), "first_order": flat(grads[1:])}
+    for impl in impls:
+        loss.r1_fir = impl
+        gen = loss.generator.get_state()
+        reg = loss.dreg(real, gain=cfg.d_reg_interval)
+        loss.generator.set_state(gen)                    # the same augmentation draws for every implementation
+        guard = step.guard_Dreg                          # fp16: the R1 phase's loss scale, as in training
+        scale = float(guard.scale) if guard.dynamic else 1.0
+        grads = torch.autograd.grad(guard.scale_loss(reg), params, allow_unused=True)
+        out[f"r1_{impl}"] = (reg.detach().double(), flat(grads) / scale)
+    return out
+
+
+def gate_d_grads(presets: str, device, data) -> dict:
+    """D's gradients on the GPU against a plain reference: fp32, NCHW, eager, the filter as a grouped conv that
+    autograd differentiates itself (no average pools, no custom autograd Function), same D weights and draws.
+    Checked in fp32 and fp16 (the T4's precision) with the default layout, compile and options: the first-order
+    D (input and weight gradients of the logits: Gmain's and Dmain's D) and the R1 loss and D-gradient of each R1
+    FIR implementation. Eager CUDA avg_pool2d's backward is wrong for padded NHWC inputs (pytorch#188344)."""
+    ref_cfg = make_cfg(presets, "fp32", extra=("d_channels_last=false", "r1_channels_last=false", "d_fir=grouped",
+                                               "r1_fir=grouped", "d_compile=false"))
+    nets, ref_step = make_step(ref_cfg, device)
+    d_state = {k: v.detach().clone() for k, v in nets.D.state_dict().items()}
+    g = torch.Generator(device=device).manual_seed(3)
+    img = torch.rand([ref_cfg.batch, 3, ref_cfg.patch_size, ref_cfg.patch_size], generator=g, device=device) * 2 - 1
+    real = data.images[:ref_cfg.batch].to(device).float() / 127.5 - 1
+    ref = _d_grads(ref_step, ref_cfg, img, real, ("grouped",))
+    ref_reg, ref_r1 = ref.pop("r1_grouped")
+    del nets, ref_step
+    out, ok = {}, True
+    for precision, cos_min, rel_max in (("fp32", 0.9999, 1e-3), ("fp16", 0.999, 1e-2)):
+        cfg = make_cfg(presets, precision)
+        nets, step = make_step(cfg, device)
+        nets.D.load_state_dict(d_state)
+        got = _d_grads(step, cfg, img, real, ("pool", "depthwise", "triton"))
+        for name in ("input", "first_order"):
+            cos = torch.nn.functional.cosine_similarity(got[name], ref[name], dim=0).item()
+            out[f"{precision}_{name}_grad_cos"] = cos
+            ok = ok and cos >= cos_min
+        for impl in ("pool", "depthwise", "triton"):
+            reg, grad = got[f"r1_{impl}"]
+            rel = ((reg - ref_reg).abs() / ref_reg.abs().clamp_min(1e-12)).item()
+            cos = torch.nn.functional.cosine_similarity(grad, ref_r1, dim=0).item()
+            out[f"{precision}_r1_{impl}_penalty_rel"], out[f"{precision}_r1_{impl}_grad_cos"] = rel, cos
+            ok = ok and rel <= rel_max and cos >= cos_min
+        del nets, step
+    out["pass"] = ok
     return out
 
 
@@ -457,7 +492,7 @@ def main() -> None:
              "t4_compiled_g": lambda: gate_compiled_g(t4, device),
              "std_compiled_g": lambda: gate_compiled_g(std, device),
              "t4_graph": lambda: gate_graph(t4, device, data),
-             "t4_r1_fir": lambda: gate_r1_fir(t4, device, data),
+             "t4_d_grads": lambda: gate_d_grads(t4, device, data),
              "t4_g_learns": lambda: gate_g_learns(t4, device, data),
              "std_g_learns": lambda: gate_g_learns(std, device, data, steps=30)}   # device, data: set below
     chosen = args.gates.split(",") if args.gates else list(gates)

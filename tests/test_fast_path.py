@@ -102,6 +102,27 @@ def test_using_fir_impl_restores_after_errors():
             pass
 
 
+def test_pool_fir_avoids_the_cuda_nhwc_avg_pool_backward(monkeypatch):
+    """Eager CUDA avg_pool2d gets the input gradient of padded channels_last inputs wrong (pytorch#188344), so
+    'pool' / 'auto' run the depthwise form there. On CPU the predicate is false; forced true, fir2d takes the
+    depthwise path (its autograd node) and gives the reference's value and gradients."""
+    torch.manual_seed(0)
+    f = fir.make_fir_filter().double()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_(True)
+    assert not fir.pool_grad_is_wrong(x, 2)
+    weight = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    (ref,) = torch.autograd.grad((fir.fir2d_reference(x, f, padding=2, down=2) * weight).sum(), x)
+    monkeypatch.setattr(fir, "pool_grad_is_wrong", lambda t, padding: padding > 0)
+    for impl in ("pool", "auto"):
+        with fir.using_fir_impl(impl):
+            y = fir.fir2d(x, f, padding=2, down=2)
+        assert type(y.grad_fn).__name__ == "_FirDepthwiseBackward"
+        (g,) = torch.autograd.grad((y * weight).sum(), x)
+        torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
+    with fir.using_fir_impl("pool"):
+        assert "Pool" in type(fir.fir2d(x, f, padding=0, down=2).grad_fn).__name__   # no padding: unaffected
+
+
 @pytest.mark.parametrize("down", [1, 2])
 def test_fir_implementations_agree(down):
     torch.manual_seed(0)

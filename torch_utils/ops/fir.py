@@ -38,7 +38,8 @@ def set_fir_impl(impl: str) -> None:
     into the batch axis and runs one single-channel conv, whose derivatives are plain convolutions (but it needs
     NCHW, so cuDNN converts layouts around it). 'pool' applies the [1, 3, 3, 1] binomial filter as three 2x2 average
     pools ([1, 3, 3, 1] / 8 = [1, 1] / 2 * [1, 1] / 2 * [1, 1] / 2): memory-bound kernels in any memory format,
-    twice differentiable. 'depthwise' is the grouped conv with its derivatives written out (`_FirDepthwise`): the
+    twice differentiable (except eager on CUDA in channels_last, where fir2d uses 'depthwise': `pool_grad_is_wrong`).
+    'depthwise' is the grouped conv with its derivatives written out (`_FirDepthwise`): the
     gradient of the filter is the transposed depthwise conv and the gradient of that is the filter again, so the R1
     double backward runs one depthwise conv or transposed conv per FIR (no per-group loop, any memory format).
     'triton' is 'depthwise' with both directions as the memory-bound Triton kernels of `fir_kernel` (the binomial
@@ -79,17 +80,29 @@ def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomia
     k = f.shape[-1]
     if binomial is None:
         binomial = _is_binomial4(f)
-    if _fir_impl == "pool" or (_fir_impl == "auto" and binomial) or \
-            (_fir_impl == "triton" and binomial and torch.compiler.is_compiling()):
-        return _fir2d_pool(x, padding, down)
+    impl = _fir_impl
+    if impl == "pool" or (impl == "auto" and binomial) or \
+            (impl == "triton" and binomial and torch.compiler.is_compiling()):
+        if not pool_grad_is_wrong(x, padding):
+            return _fir2d_pool(x, padding, down)
+        impl = "depthwise"                      # the same function, with derivatives that are right in NHWC
     weight = f.to(dtype=x.dtype, device=x.device).reshape(1, 1, k, k)                  # [1, 1, k, k]
-    if _fir_impl in ("depthwise", "triton"):
-        kernel = _fir_impl == "triton" and binomial and fir_kernel.runs_on(x)
+    if impl in ("depthwise", "triton"):
+        kernel = impl == "triton" and binomial and fir_kernel.runs_on(x)
         return _FirDepthwise.apply(x, weight.expand(C, 1, k, k), padding, down, kernel)
-    if _fir_impl == "grouped":
+    if impl == "grouped":
         return F.conv2d(x, weight.expand(C, 1, k, k), stride=down, padding=padding, groups=C)
     y = F.conv2d(x.reshape(N * C, 1, H, W), weight, stride=down, padding=padding)       # [N*C, 1, h, w]
     return y.reshape(N, C, y.shape[-2], y.shape[-1])
+
+
+def pool_grad_is_wrong(x: torch.Tensor, padding: int) -> bool:
+    """Whether the 'pool' form would get x's gradient wrong: eager CUDA avg_pool2d's backward ignores the padding
+    for channels_last inputs (pytorch/pytorch#188344; torch 2.11 on an H200 gave rel. error 0.92 for this filter,
+    the forward was right). fir2d then runs 'depthwise' instead. Under torch.compile inductor lowers the pools'
+    backward itself (bench gate t4_d_grads checks the compiled D's gradients)."""
+    return (x.device.type == "cuda" and padding > 0 and not torch.compiler.is_compiling()
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _filter(x: torch.Tensor, weight: torch.Tensor, padding: int, down: int, kernel: bool) -> torch.Tensor:
