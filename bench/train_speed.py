@@ -493,6 +493,7 @@ def main() -> None:
              "std_compiled_g": lambda: gate_compiled_g(std, device),
              "t4_graph": lambda: gate_graph(t4, device, data),
              "t4_d_grads": lambda: gate_d_grads(t4, device, data),
+             "std_d_grads": lambda: gate_d_grads(std, device, data),
              "t4_g_learns": lambda: gate_g_learns(t4, device, data),
              "std_g_learns": lambda: gate_g_learns(std, device, data, steps=30)}   # device, data: set below
     chosen = args.gates.split(",") if args.gates else list(gates)
