@@ -21,3 +21,24 @@ def test_flipped_pixels_counts_large_errors_and_measures_the_rest():
     want = (noise[keep].norm() / ref[keep].norm()).item()
     assert abs(got["rel_l2_without_flipped"] - want) < 1e-7
     assert flipped_pixels(ref, ref) == {"flipped_pixels": 0, "pixels": 32, "rel_l2_without_flipped": 0.0}
+
+
+def test_d_grads_gate_passes_on_cpu_and_catches_a_wrong_filter_gradient(monkeypatch):
+    """The t4_d_grads gate's machinery on the smoke preset (CPU: no compile, NCHW): every FIR implementation matches
+    the grouped-conv fp32 reference; a pool form whose backward is off by a factor (as the NHWC CUDA kernel was)
+    fails it."""
+    from bench import train_speed
+    from torch_utils.ops import fir
+    data = train_speed.RandomImages(8, 128)
+    got = train_speed.gate_d_grads("smoke", torch.device("cpu"), data)
+    assert got["pass"] and got["fp32_r1_pool_penalty_rel"] < 1e-6
+    pool = fir._fir2d_pool
+
+    def wrong_backward(x, padding, down):
+        y = pool(x, padding, down)
+        return y.detach() + 0.5 * (y - y.detach())            # right values, half the gradient
+
+    monkeypatch.setattr(fir, "_fir2d_pool", wrong_backward)
+    got = train_speed.gate_d_grads("smoke", torch.device("cpu"), data)
+    assert not got["pass"] and got["fp32_r1_pool_penalty_rel"] > 0.5
+    assert got["fp32_r1_depthwise_penalty_rel"] < 1e-6       # the other implementations are still right

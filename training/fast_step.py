@@ -78,7 +78,7 @@ class GraphedTrainStep:
     def pattern(self, step_idx: int) -> tuple[bool, bool]:
         """Which optional phases run at this step: (lazy R1, ADA update)."""
         cfg = self.step.cfg
-        reg = cfg.r1_gamma > 0 and step_idx % cfg.d_reg_interval == 0
+        reg = self.step.is_reg_step(step_idx)
         ada = cfg.aug == "ada" and self.step.augment_pipe is not None and (step_idx + 1) % cfg.ada_interval == 0
         return reg, ada
 

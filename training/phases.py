@@ -156,13 +156,14 @@ class TrainStep:
         between steps (snapshots, training states, metrics). A no-op when nothing is pending."""
         self._start_pending_d(None)
 
-    def _is_reg_step(self, step_idx: int) -> bool:
+    def is_reg_step(self, step_idx: int) -> bool:
+        """Whether step `step_idx` runs the lazy R1 phase (CUDA graphs are keyed by it too)."""
         return self.cfg.r1_gamma > 0 and step_idx % self.cfg.d_reg_interval == 0    # lazy R1 every interval steps
 
     def stepped(self, step_idx: int) -> None:
         """Host-side state after step `step_idx`: a CUDA-graph replay runs no Python, so the caller reports it here.
         With d_step_overlap the step's last D update waits: Dreg's on an R1 step, else Dmain's."""
-        self.d_pending = ("Dreg" if self._is_reg_step(step_idx) else "Dmain") if self.d_defer else False
+        self.d_pending = ("Dreg" if self.is_reg_step(step_idx) else "Dmain") if self.d_defer else False
 
     def gmain_phase(self, n: int) -> torch.Tensor:
         """Gmain: update G to fool D on n fresh fakes. Returns `bad` (0-dim bool).
@@ -217,7 +218,7 @@ class TrainStep:
         """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0."""
         cfg = self.cfg
         real = reals.to(torch.float32) / 127.5 - 1                                 # [b, 3, H, W] in [-1, 1]
-        reg = self._is_reg_step(step_idx)
+        reg = self.is_reg_step(step_idx)
         bad = self.gmain_phase(real.shape[0])
         join_ema = self._start_ema()        # G_ema <- G while Dmain runs (Dmain and Dreg only read G)
         bad = bad | self.dmain_phase(real, defer=self.d_defer and not reg)   # D's last update of the step may
