@@ -108,10 +108,9 @@ class TrainStep:
         bad = guard.unscale_and_check()
         if defer:
             self.pending_found_inf.copy_(guard.found_inf)     # the skip flag travels with the deferred update
-            has_grad = [p.grad is not None for p in params]
-            self.pending_has_grad[defer] = has_grad
-            torch._foreach_copy_([g for g, h in zip(self.pending_grads, has_grad) if h],
-                                 [p.grad for p in params if p.grad is not None])
+            self.pending_has_grad[defer] = [p.grad is not None for p in params]
+            saved = [(buf, p.grad) for buf, p in zip(self.pending_grads, params) if p.grad is not None]
+            torch._foreach_copy_([buf for buf, _ in saved], [g for _, g in saved])
             self.d_pending = defer
             return bad
         guard.bind()

@@ -101,8 +101,7 @@ def pool_grad_is_wrong(x: torch.Tensor, padding: int) -> bool:
     for channels_last inputs (pytorch/pytorch#188344; torch 2.11 on an H200 gave rel. error 0.92 for this filter,
     the forward was right). fir2d then runs 'depthwise' instead. Under torch.compile inductor lowers the pools'
     backward itself (bench gate t4_d_grads checks the compiled D's gradients)."""
-    return (x.device.type == "cuda" and padding > 0 and not torch.compiler.is_compiling()
-            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+    return x.device.type == "cuda" and padding > 0 and not torch.compiler.is_compiling() and fir_kernel.is_nhwc(x)
 
 
 def _filter(x: torch.Tensor, weight: torch.Tensor, padding: int, down: int, kernel: bool) -> torch.Tensor:

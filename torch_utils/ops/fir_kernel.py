@@ -28,6 +28,11 @@ BLOCK = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def is_nhwc(x: torch.Tensor) -> bool:
+    """Whether x [N, C, H, W] is laid out channels_last (and not also plain contiguous, as when C or H*W is 1)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def runs_on(x: torch.Tensor) -> bool:
     """Whether the kernels can take x (triton present; CUDA, or the CPU interpreter; a supported dtype)."""
     return triton is not None and x.dtype in _DTYPES and (x.is_cuda or _interpreting())
@@ -84,8 +89,7 @@ def _launch(src: torch.Tensor, out_hw: tuple[int, int], padding: int, down: int,
         raise RuntimeError("the FIR kernel needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
     N, C, SH, SW = src.shape
     OH, OW = out_hw
-    channels_last = src.dim() == 4 and src.is_contiguous(memory_format=torch.channels_last) \
-        and not src.is_contiguous()
+    channels_last = is_nhwc(src)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     dst = torch.empty([N, C, OH, OW], device=src.device, dtype=src.dtype, memory_format=fmt)
     total = dst.numel()
