@@ -213,12 +213,18 @@ def test_epilogue_conv_split_by_taps_is_the_same_function():
     results = []
     old = set_conv_gemm_split(False)
     try:
-        for split in (False, True):
-            set_conv_gemm_split(split)
-            logits = D(img)
+        # plain, split, and split by row count (64 rows: a batch of 4 at the epilogue's 4x4 splits, 8 does not)
+        for split, max_rows, batch in ((False, 0, 4), (True, 0, 4), (True, 64, 4), (True, 64, 8), (False, 0, 8)):
+            set_conv_gemm_split(split, max_rows=max_rows)
+            x_in = torch.cat([img, img.flip(0)]) if batch == 8 else img
+            with torch.autograd.profiler.profile() as prof:
+                logits = D(x_in)
+            taps = sum(e.name == "aten::bmm" for e in prof.function_events)
+            assert (taps > 0) == (split and (max_rows == 0 or batch * 16 <= max_rows)), (split, max_rows, batch)
             results.append((logits.detach(), torch.autograd.grad(logits.square().sum(), list(D.parameters()))))
     finally:
-        set_conv_gemm_split(old)
-    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-12)
-    for a, b in zip(results[1][1], results[0][1]):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        set_conv_gemm_split(*old)
+    for ref, got in ((0, 1), (0, 2), (4, 3)):
+        torch.testing.assert_close(results[got][0], results[ref][0], rtol=1e-12, atol=1e-12)
+        for a, b in zip(results[got][1], results[ref][1]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

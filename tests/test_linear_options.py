@@ -85,11 +85,19 @@ def test_config_sets_the_fir_implementation_and_epilogue_split() -> None:
     from training.config import resolve_config
     from training.networks import discriminator
     from training.training_loop import configure_torch
+    from dnnlib.util import UserError
     try:
         configure_torch(resolve_config("smoke", sets=["d_fir=single", "d_epilogue_split=true"]), torch.device("cpu"))
         assert fir._fir_impl == "single" and discriminator._gemm_options["split_taps"] is True
+        assert discriminator.split_epilogue(64) and discriminator.split_epilogue(128)
+        configure_torch(resolve_config("smoke", sets=["d_epilogue_split=true", "d_epilogue_split_rows=64"]),
+                        torch.device("cpu"))
+        assert discriminator.split_epilogue(64) and not discriminator.split_epilogue(128)
         configure_torch(resolve_config("smoke"), torch.device("cpu"))
         assert fir._fir_impl == "auto" and discriminator._gemm_options["split_taps"] is False
+        assert not discriminator.split_epilogue(64) and not discriminator.split_epilogue(128)
+        with pytest.raises(UserError, match="d_epilogue_split_rows"):
+            resolve_config("smoke", sets=["d_epilogue_split_rows=-1"])
     finally:
         fir.set_fir_impl("auto")
         discriminator.set_conv_gemm_split(False)

@@ -78,6 +78,8 @@ class TrainConfig:
                                          # depthwise | triton
     d_epilogue_split: bool = False       # D's 4x4 epilogue conv as one GEMM per kernel tap (split-K; same function;
                                          # H200: +1 %, within noise; faster at Gmain's 64 rows, slower at Dmain's 128)
+    d_epilogue_split_rows: int = 0       # ... and split only the calls whose GEMM has at most this many rows
+                                         # (batch x 16; 0 = the choice above for every call, 64 = Gmain's only)
     r1_fir: str = "depthwise"            # that filter in the (eager, twice-differentiated) R1 phase: one of d_fir's
                                          # choices, or same (= d_fir); depthwise measured fastest there
     g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
@@ -140,6 +142,8 @@ class TrainConfig:
         need(self.d_fir in FIR_IMPLS, f"d_fir '{self.d_fir}' is not one of {', '.join(FIR_IMPLS)} (the same filter, "
              f"computed as average pools, one single-channel conv, a depthwise conv (grouped) or one with its "
              f"derivatives written out (depthwise, triton: as Triton kernels); auto = pool).")
+        need(self.d_epilogue_split_rows >= 0, f"d_epilogue_split_rows must be >= 0 (0 = every call), got "
+             f"{self.d_epilogue_split_rows}.")
         need(self.r1_fir == "same" or self.r1_fir in FIR_IMPLS,
              f"r1_fir '{self.r1_fir}' is neither 'same' (= d_fir) nor one of {', '.join(FIR_IMPLS)}.")
         from training.networks.generator import MLP_MODES

@@ -49,7 +49,7 @@ def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
                              fused=train_mlp_fused(cfg, device))
     set_fir_impl(cfg.d_fir)
     from training.networks.discriminator import set_conv_gemm_split
-    set_conv_gemm_split(cfg.d_epilogue_split)
+    set_conv_gemm_split(cfg.d_epilogue_split, max_rows=cfg.d_epilogue_split_rows)
 
 
 def train_mlp_fused(cfg: TrainConfig, device: torch.device) -> bool:

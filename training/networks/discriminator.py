@@ -61,7 +61,7 @@ class Conv2dLayer(nn.Module):
         """x [N, C_in, H, W] -> [N, C_out, H / down, W / down] in x's dtype."""
         w = (self.weight * self.weight_gain).to(x.dtype)  # [C_out, C_in, k, k]
         if self.as_gemm:
-            x = conv_as_gemm(x, w, split_taps=_gemm_options["split_taps"])
+            x = conv_as_gemm(x, w, split_taps=split_epilogue(x.shape[0] * x.shape[2] * x.shape[3]))
         elif self.down == 1:
             x = F.conv2d(x, w, padding=self.kernel_size // 2)
         elif self.kernel_size == 1:
@@ -86,13 +86,25 @@ class Conv2dLayer(nn.Module):
                 f"down={self.down}, clamp={self.conv_clamp}")
 
 
-_gemm_options = {"split_taps": False}
+_gemm_options = {"split_taps": False, "max_rows": 0}
 
 
-def set_conv_gemm_split(split_taps: bool) -> bool:
-    """How `conv_as_gemm` runs D's epilogue conv (the same function either way); returns the previous choice."""
-    old, _gemm_options["split_taps"] = _gemm_options["split_taps"], bool(split_taps)
+def set_conv_gemm_split(split_taps: bool, max_rows: int = 0) -> tuple[bool, int]:
+    """How `conv_as_gemm` runs D's epilogue conv (the same function either way): split by taps, and with
+    max_rows > 0 only where the GEMM has at most that many rows (N * H * W). Returns the previous choice."""
+    if max_rows < 0:
+        raise ValueError(f"max_rows must be >= 0, got {max_rows}")
+    old = (_gemm_options["split_taps"], _gemm_options["max_rows"])
+    _gemm_options["split_taps"], _gemm_options["max_rows"] = bool(split_taps), int(max_rows)
     return old
+
+
+def split_epilogue(rows: int) -> bool:
+    """Whether the epilogue conv's GEMM with `rows` rows runs split by taps under the current choice. A plain int
+    comparison on the shape, so torch.compile specialises on it like on the shape itself."""
+    if _gemm_options["max_rows"] > 0:
+        return _gemm_options["split_taps"] and rows <= _gemm_options["max_rows"]
+    return _gemm_options["split_taps"]
 
 
 def conv_as_gemm(x: torch.Tensor, w: torch.Tensor, split_taps: bool = False) -> torch.Tensor:
