@@ -109,7 +109,7 @@ def test_run_directory_description_names_random_scale_windows():
 
 def test_r1_fir_choices():
     from training.config import TrainConfig
-    assert TrainConfig().r1_fir == "depthwise"
+    assert TrainConfig().r1_fir == "triton"
     assert TrainConfig(r1_fir="same").r1_fir == "same"
     with pytest.raises(UserError, match="r1_fir 'fast' is neither 'same'"):
         TrainConfig(r1_fir="fast")

@@ -87,15 +87,18 @@ def test_config_sets_the_fir_implementation_and_epilogue_split() -> None:
     from training.training_loop import configure_torch
     from dnnlib.util import UserError
     try:
-        configure_torch(resolve_config("smoke", sets=["d_fir=single", "d_epilogue_split=true"]), torch.device("cpu"))
+        configure_torch(resolve_config("smoke", sets=["d_fir=single", "d_epilogue_split_rows=0"]),
+                        torch.device("cpu"))
         assert fir._fir_impl == "single" and discriminator._gemm_options["split_taps"] is True
         assert discriminator.split_epilogue(64) and discriminator.split_epilogue(128)
         configure_torch(resolve_config("smoke", sets=["d_epilogue_split=true", "d_epilogue_split_rows=64"]),
                         torch.device("cpu"))
         assert discriminator.split_epilogue(64) and not discriminator.split_epilogue(128)
-        configure_torch(resolve_config("smoke"), torch.device("cpu"))
-        assert fir._fir_impl == "auto" and discriminator._gemm_options["split_taps"] is False
+        configure_torch(resolve_config("smoke", sets=["d_epilogue_split=false"]), torch.device("cpu"))
         assert not discriminator.split_epilogue(64) and not discriminator.split_epilogue(128)
+        configure_torch(resolve_config("smoke"), torch.device("cpu"))   # the default: split at <= 64 rows
+        assert fir._fir_impl == "auto" and discriminator._gemm_options == {"split_taps": True, "max_rows": 64}
+        assert discriminator.split_epilogue(64) and not discriminator.split_epilogue(128)
         with pytest.raises(UserError, match="d_epilogue_split_rows"):
             resolve_config("smoke", sets=["d_epilogue_split_rows=-1"])
     finally:
@@ -111,8 +114,8 @@ def test_start_line_names_the_gemm_and_r1_layout_choices() -> None:
         cfg = resolve_config("smoke", sets=["cuda_graphs=false", *sets])
         # cuda_graphs=false returns the eager step before any CUDA call, so a CPU machine can build the line
         _, _, desc = wrap_step_for_speed(None, None, cfg, torch.device("cuda"), None, lambda: iter(()))
-        assert want in desc and "eager step (cuda_graphs=false)" in desc and "R1 FIR depthwise)" in desc
+        assert want in desc and "eager step (cuda_graphs=false)" in desc and "R1 FIR triton)" in desc
         if absent:
             assert absent not in desc
         else:
-            assert "D compiled (channels_last; R1 NCHW; R1 FIR depthwise)" in desc
+            assert "D compiled (channels_last; R1 NCHW; R1 FIR triton)" in desc

@@ -76,12 +76,13 @@ class TrainConfig:
     r1_channels_last: bool = True        # GPU: the R1 phase's (eager) D in NHWC too, when d_channels_last is on
     d_fir: str = "auto"                  # D's [1, 3, 3, 1] downsampling filter: auto | pool | single | grouped |
                                          # depthwise | triton
-    d_epilogue_split: bool = False       # D's 4x4 epilogue conv as one GEMM per kernel tap (split-K; same function;
-                                         # H200: +1 %, within noise; faster at Gmain's 64 rows, slower at Dmain's 128)
-    d_epilogue_split_rows: int = 0       # ... and split only the calls whose GEMM has at most this many rows
-                                         # (batch x 16; 0 = the choice above for every call, 64 = Gmain's only)
-    r1_fir: str = "depthwise"            # that filter in the (eager, twice-differentiated) R1 phase: one of d_fir's
-                                         # choices, or same (= d_fir); depthwise measured fastest there
+    d_epilogue_split: bool = True        # D's 4x4 epilogue conv as one GEMM per kernel tap (split-K; same function)
+    d_epilogue_split_rows: int = 64      # ... only where that GEMM has at most this many rows (batch x 16; 0 = every
+                                         # call). H200, T4 setting: 1,036.6 img/s at 64 (Gmain, Dreg), 1,016.7 every
+                                         # call (session 11), 1,006.7 never; the split loses at Dmain's 128 rows
+    r1_fir: str = "triton"               # that filter in the (eager, twice-differentiated) R1 phase: one of d_fir's
+                                         # choices, or same (= d_fir). H200: triton Dreg 3.78 ms, depthwise 4.57; off a
+                                         # GPU (no Triton) triton computes as depthwise
     g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
     g_gemm_tuning: bool = True           # G's per-object layers: split-K weight gradients, 8-aligned encoding and
                                          # output (same function; false = one plain GEMM each, unpadded)

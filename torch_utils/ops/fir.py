@@ -88,7 +88,7 @@ def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomia
         impl = "depthwise"                      # the same function, with derivatives that are right in NHWC
     weight = f.to(dtype=x.dtype, device=x.device).reshape(1, 1, k, k)                  # [1, 1, k, k]
     if impl in ("depthwise", "triton"):
-        kernel = impl == "triton" and binomial and fir_kernel.runs_on(x)
+        kernel = impl == "triton" and binomial and fir_kernel.usable(x)
         return _FirDepthwise.apply(x, weight.expand(C, 1, k, k), padding, down, kernel)
     if impl == "grouped":
         return F.conv2d(x, weight.expand(C, 1, k, k), stride=down, padding=padding, groups=C)

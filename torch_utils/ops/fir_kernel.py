@@ -38,6 +38,36 @@ def runs_on(x: torch.Tensor) -> bool:
     return triton is not None and x.dtype in _DTYPES and (x.is_cuda or _interpreting())
 
 
+_works: dict[str, bool] = {}   # "device dtype" -> whether the kernels compiled and launched there
+
+
+def usable(x: torch.Tensor) -> bool:
+    """`runs_on(x)`, and on a GPU also whether the kernels compile and launch there: tried once per device and dtype
+    on a tiny tensor, with one printed line when they do not (Triton without a C compiler for its launcher, or a GPU
+    that Triton does not support); the callers (fir2d's 'triton' form) then compute the filter as a depthwise conv."""
+    if not runs_on(x):
+        return False
+    if not x.is_cuda:
+        return True
+    key = f"{x.device} {x.dtype}"
+    if key not in _works:
+        if torch.cuda.is_current_stream_capturing():
+            return False        # not tried yet and no launch may fail inside a capture: the same filter, depthwise
+        _works[key] = _try_kernels(x.new_zeros(1, 1, 4, 4), key)
+    return _works[key]
+
+
+def _try_kernels(probe: torch.Tensor, where: str) -> bool:
+    try:
+        fir_adjoint(fir_down(probe, 1, 2), 1, 2, (4, 4))
+        return True
+    except Exception as exc:  # noqa: BLE001 - any compiler or launcher failure
+        first = (str(exc).splitlines() or [""])[0][:200]
+        print(f"The Triton FIR kernels do not run on {where} ({type(exc).__name__}: {first}); D's filter runs as "
+              f"a depthwise conv instead (the same function).", flush=True)
+        return False
+
+
 if triton is not None:
     @triton.jit
     def _unflatten(offs, size1, size2, size3):
