@@ -324,9 +324,8 @@ def divergence_warning(stats: dict) -> str | None:
         signs.append(f"the mean R1 penalty is {r1:.4g}")
     if not signs:
         return None
-    return (f"Warning: {' and '.join(signs)}: the discriminator is probably diverging (it does on the synthetic cars "
-            f"set at d_lr=0.0025, in fp16 and in fp32: README, known issue). Resume an earlier training state with "
-            f"--set d_lr=0.001 (stable in the measured runs).")
+    return (f"Warning: {' and '.join(signs)}: the discriminator is probably diverging (README, known issue). Resume "
+            f"an earlier training state with --set d_lr=0.001 (stable in every run we measured).")
 
 
 def param_fingerprint(module: torch.nn.Module) -> torch.Tensor:
