@@ -271,7 +271,8 @@ def test_triton_fir_falls_back_off_the_kernel():
 def test_triton_fir_kernels_are_tried_once_per_gpu(monkeypatch, capsys):
     """A GPU where the Triton FIR kernels fail to compile or launch (e.g. no C compiler for Triton's launcher) gets
     one printed line and the depthwise form; a GPU where they run keeps them; each device and dtype is tried once,
-    never inside a CUDA graph capture. (CPU test: a stand-in tensor that claims to live on a GPU, and stand-in launches.)"""
+    never inside a CUDA graph capture. (CPU test: a stand-in tensor that claims to live on a GPU, and stand-in
+    launches.)"""
     from types import SimpleNamespace
 
     from torch_utils.ops import fir_kernel
@@ -295,7 +296,8 @@ def test_triton_fir_kernels_are_tried_once_per_gpu(monkeypatch, capsys):
     capturing["now"] = False
     assert not fir_kernel.usable(gpu0) and not fir_kernel.usable(gpu0)
     out = capsys.readouterr().out
-    assert out.count("The Triton FIR kernels do not run on cuda:0 torch.float16 (RuntimeError: Failed to find C compiler") == 1
+    want = "The Triton FIR kernels do not run on cuda:0 torch.float16 (RuntimeError: Failed to find C compiler"
+    assert out.count(want) == 1
     assert "more" not in out and "depthwise conv instead" in out
     assert fir_kernel.usable(gpu1) and fir_kernel.usable(gpu1) and len(launches) == 2
     assert fir_kernel._works == {"cuda:0 torch.float16": False, "cuda:1 torch.float16": True}
