@@ -16,7 +16,7 @@ import contextlib
 
 import torch
 
-from torch_utils.ops.fused_mlp import _interpreting
+from torch_utils.ops.fused_mlp import _interpreting, probe_kernel
 
 try:  # Optional dependency: CPU-only installs and CI have no triton.
     import triton
@@ -38,34 +38,35 @@ def runs_on(x: torch.Tensor) -> bool:
     return triton is not None and x.dtype in _DTYPES and (x.is_cuda or _interpreting())
 
 
-_works: dict[str, bool] = {}   # "device dtype" -> whether the kernels compiled and launched there
+_WORKS: dict = {}   # (device index, dtype) -> whether the kernels compiled and launched there
 
 
 def usable(x: torch.Tensor) -> bool:
-    """`runs_on(x)`, and on a GPU also whether the kernels compile and launch there: tried once per device and dtype
-    on a tiny tensor, with one printed line when they do not (Triton without a C compiler for its launcher, or a GPU
-    that Triton does not support); the callers (fir2d's 'triton' form) then compute the filter as a depthwise conv."""
+    """`runs_on(x)`, and on a GPU also whether the kernels compile and launch there: checked
+    once per device and dtype on a tiny tensor (`fused_mlp.probe_kernel`, any compute capability), with a warning
+    when they do not (Triton without a C compiler for its launcher, or a GPU that Triton does not support); the
+    callers (fir2d's 'triton' form) then compute the filter as a depthwise conv."""
     if not runs_on(x):
         return False
     if not x.is_cuda:
         return True
-    key = f"{x.device} {x.dtype}"
-    if key not in _works:
-        if torch.cuda.is_current_stream_capturing():
-            return False        # not tried yet and no launch may fail inside a capture: the same filter, depthwise
-        _works[key] = _try_kernels(x.new_zeros(1, 1, 4, 4), key)
-    return _works[key]
+    if (x.device.index, x.dtype) not in _WORKS and torch.cuda.is_current_stream_capturing():
+        return False            # not checked yet and no launch may fail inside a capture: the same filter, depthwise
+    return probe_kernel(x.device, x.dtype, _WORKS, None, _check, "Triton FIR kernels", "a depthwise conv",
+                        dtypes=_DTYPES, min_capability=(0, 0))
 
 
-def _try_kernels(probe: torch.Tensor, where: str) -> bool:
+def _check(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    """Both kernels launched once on a tiny tensor: (ok, why not)."""
     try:
-        fir_adjoint(fir_down(probe, 1, 2), 1, 2, (4, 4))
-        return True
+        fir_adjoint(fir_down(_probe_input(device, dtype), 1, 2), 1, 2, (4, 4))
     except Exception as exc:  # noqa: BLE001 - any compiler or launcher failure
-        first = (str(exc).splitlines() or [""])[0][:200]
-        print(f"The Triton FIR kernels do not run on {where} ({type(exc).__name__}: {first}); D's filter runs as "
-              f"a depthwise conv instead (the same function).", flush=True)
-        return False
+        return False, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+    return True, ""
+
+
+def _probe_input(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(1, 1, 4, 4, device=device, dtype=dtype)
 
 
 if triton is not None:

@@ -579,25 +579,27 @@ def _self_check_isolated(device: torch.device, dtype: torch.dtype, code: str = _
     return False, f"the self-check process failed (exit status {proc.returncode}): {tail[0][:300]}"
 
 
-def probe_kernel(device, dtype: torch.dtype, cache: dict, env_var: str, check, what: str, fallback: str) -> bool:
+def probe_kernel(device, dtype: torch.dtype, cache: dict, env_var: str | None, check, what: str, fallback: str,
+                 dtypes: tuple = KERNEL_DTYPES, min_capability: tuple[int, int] = MIN_CAPABILITY) -> bool:
     """Whether a Triton kernel of this package should run on `device` in `dtype` (shared by this module's
-    `available` and object_linear's): False when the environment sets `env_var`=0, without CUDA or triton, for a
-    dtype outside KERNEL_DTYPES or below MIN_CAPABILITY (before sm_80 Triton 3.5 emits FMA loops instead of tensor
-    cores, after minutes of compiling: measured ahead of time for sm_75, not timed on a T4); otherwise the answer of
-    `check(device, dtype) -> (ok, why)`, run once per device and dtype and cached in `cache` (call it outside CUDA
+    `available`, object_linear's and fir_kernel's `usable`): False when the environment sets `env_var`=0, without
+    CUDA or triton, for a dtype outside `dtypes` or below `min_capability` (by default KERNEL_DTYPES and
+    MIN_CAPABILITY: before sm_80 Triton 3.5 emits FMA loops instead of tensor cores, after minutes of compiling:
+    measured ahead of time for sm_75, not timed on a T4); otherwise the answer of `check(device, dtype) -> (ok,
+    why)`, run once per device and dtype and cached in `cache` under (device index, dtype) (call it outside CUDA
     graph capture). Never raises; a failed check warns with the reason and `fallback` (the path used instead)."""
     try:
         device = torch.device(device)
-        if os.environ.get(env_var, "").strip() == "0":
+        if env_var is not None and os.environ.get(env_var, "").strip() == "0":
             return False
-        if device.type != "cuda" or triton is None or dtype not in KERNEL_DTYPES or not torch.cuda.is_available():
+        if device.type != "cuda" or triton is None or dtype not in dtypes or not torch.cuda.is_available():
             return False
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         key = (device.index, dtype)
         if key not in cache:
             try:
-                ok = torch.cuda.get_device_capability(device) >= MIN_CAPABILITY
+                ok = torch.cuda.get_device_capability(device) >= min_capability
                 if ok:
                     ok, why = check(device, dtype)
                     if not ok:
