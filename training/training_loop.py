@@ -325,7 +325,8 @@ def divergence_warning(stats: dict) -> str | None:
     if not signs:
         return None
     return (f"Warning: {' and '.join(signs)}: the discriminator is probably diverging (README, known issue). Resume "
-            f"an earlier training state with --set d_lr=0.001 (stable in every run we measured).")
+            f"an earlier training state with --set d_lr=0.001 (in the runs we measured it delayed or prevented the "
+            f"divergence).")
 
 
 def param_fingerprint(module: torch.nn.Module) -> torch.Tensor:
