@@ -83,7 +83,7 @@ def graphed(args, out: Path | None) -> dict:
     res: dict = {"presets": args.presets, "precision": step.precision, "sets": args.set,
                  "linear": hyper.linear_options(), "patterns": {}, "phases": {}}
     for name, step_idx in (("plain", 1), ("r1", cfg.d_reg_interval)):
-        graph = wrapped.graphs[wrapped.pattern(step_idx)]
+        graph = wrapped.graphs[wrapped.graph_key(step_idx)]
         ms = cuda_time(lambda _: graph(), args.reps) * 1e3
         stats = profiled(graph, args.prof_reps, args.rows, out / f"trace_{name}.json" if out else None)
         res["patterns"][name] = {"ms": ms, **stats}

@@ -190,6 +190,27 @@ def test_graphed_step_on_cpu_calls_the_step_with_gathered_reals_and_proxies_attr
     assert torch.equal(reals[1], torch.from_numpy(data[6][0]))
 
 
+def test_graph_key_tells_apart_phase_patterns_and_a_pending_d_update():
+    from types import SimpleNamespace
+
+    class Step:
+        cfg = SimpleNamespace(aug="ada", ada_interval=4)
+        augment_pipe = object()
+        d_pending = False
+
+        def is_reg_step(self, i):
+            return i % 16 == 0
+
+    step = Step()
+    data = _Images(4, xflip=False)
+    wrapped = GraphedTrainStep(step, 2, data.image_shape, "cpu", cache=DeviceImageCache(data, "cpu"))
+    assert wrapped.graph_key(1) == (False, False, False)
+    assert wrapped.graph_key(3) == (False, True, False)
+    assert wrapped.graph_key(16) == (True, False, False)
+    step.d_pending = True
+    assert wrapped.graph_key(1) == (False, False, True)
+
+
 def test_compiled_d_falls_back_to_eager_once_with_a_message(monkeypatch, capsys):
     from training import loss as loss_mod
 

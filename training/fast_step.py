@@ -69,7 +69,7 @@ class GraphedTrainStep:
         self.static_reals = None if cache is not None else torch.zeros([batch_gpu, *image_shape], dtype=torch.uint8,
                                                                       device=device)
         self.pool = torch.cuda.graph_pool_handle() if self.enabled else None
-        self.graphs: dict[tuple[bool, bool], StepGraph] = {}
+        self.graphs: dict[tuple[bool, bool, bool], StepGraph] = {}
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (precision, state_dict, read_bad_steps, optimisers, ...) is the wrapped step's.
@@ -81,6 +81,10 @@ class GraphedTrainStep:
         reg = self.step.is_reg_step(step_idx)
         ada = cfg.aug == "ada" and self.step.augment_pipe is not None and (step_idx + 1) % cfg.ada_interval == 0
         return reg, ada
+
+    def graph_key(self, step_idx: int) -> tuple[bool, bool, bool]:
+        """The graph this step replays: its phase pattern and whether a deferred D update is pending before it."""
+        return (*self.pattern(step_idx), bool(getattr(self.step, "d_pending", False)))
 
     def _reals(self) -> torch.Tensor:
         return self.cache.gather(self.static_index) if self.cache is not None else self.static_reals
@@ -96,7 +100,7 @@ class GraphedTrainStep:
         if not self.enabled:
             self.step(self._reals(), step_idx)
             return
-        key = (*self.pattern(step_idx), getattr(self.step, "d_pending", False))
+        key = self.graph_key(step_idx)
         graph = self.graphs.get(key)
         if graph is None:
             generators = [g for g in (getattr(self.step, "generator", None),) if g is not None]
