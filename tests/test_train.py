@@ -74,6 +74,7 @@ def test_smoke_run_writes_everything(tiny_data, tmp_path, capsys):
     assert options["config"]["kimg"] == 0.02 and options["presets"] == ["smoke"]
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert "Loss/G/loss" in stats[-1] and "Loss/D/loss" in stats[-1] and "Loss/r1_penalty" in stats[-1]
+    assert 0.0 <= stats[-1]["Progress/G_ema_opacity"]["mean"] <= 1.0
     state = load_training_state(run_dir / "training-state-000000.pt")   # weights_only=True
     assert state["counters"]["cur_nimg"] == 20 and state["counters"]["batch_idx"] == 5
     from training.checkpoint import load_network_snapshot
@@ -375,6 +376,32 @@ def test_random_scale_windows_train(tiny_data, tmp_path, capsys):
     assert code == 0, err
     opts = json.loads((only_run_dir(tmp_path) / "training_options.json").read_text())
     assert opts["config"]["patch_max_spacing"] == 2.0
+
+
+def test_empty_render_probe_and_warning(tiny_data):
+    """G_ema whose density logit is pushed far below zero renders nothing: the per-tick probe sees opacity 0 and
+    warns; pushed far above zero every pixel is opaque and nothing is said."""
+    from dnnlib.util import EasyDict
+    from training.training_loop import EMPTY_PROBES, empty_render_warning, probe_opacity
+    cfg, nets, _ = _smoke_step(tiny_data)
+    gen = torch.Generator().manual_seed(1)
+    run = EasyDict(G_ema=nets.G_ema, cfg=cfg, grid_z=nets.G.sample_z(6, generator=gen),
+                   grid_c2w=nets.G.sample_poses(6, generator=gen))
+    rng = torch.get_rng_state()
+    bias = nets.G_ema.nerf.layers[-1].bias
+    with torch.no_grad():
+        bias[3] = -1e4
+    empty = probe_opacity(run)
+    assert empty.shape == (EMPTY_PROBES,) and float(empty.max()) == 0.0
+    msg = empty_render_warning(empty)
+    assert "renders empty scenes" in msg and "d_lr=0.001" in msg and "--seed" in msg
+    with torch.no_grad():
+        bias[3] = 1e4
+    full = probe_opacity(run)
+    assert float(full.min()) > 0.99 and empty_render_warning(full) is None
+    assert torch.equal(torch.get_rng_state(), rng)                       # the probe draws nothing
+    assert empty_render_warning(torch.tensor([0.0, 0.0, 0.02])) is None  # one object is enough
+    assert empty_render_warning(torch.zeros(0)) is None
 
 
 def test_frozen_g_warning_unit():

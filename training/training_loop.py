@@ -329,6 +329,31 @@ def divergence_warning(stats: dict) -> str | None:
             f"divergence).")
 
 
+EMPTY_OPACITY = 0.01   # mean pixel opacity under which a render shows no object (real objects cover 10-40 %)
+EMPTY_PROBES = 4       # grid latents and poses rendered each tick for the check
+
+
+@torch.no_grad()
+def probe_opacity(run: EasyDict) -> torch.Tensor:
+    """Mean pixel opacity of G_ema's full renders of the first EMPTY_PROBES grid latents and poses (no jitter, no
+    noise): [EMPTY_PROBES] fp32 on the CPU. Costs one small render per tick (the fused MLP where it runs)."""
+    z, c2w = run.grid_z[:EMPTY_PROBES], run.grid_c2w[:EMPTY_PROBES]
+    _, aux = run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, return_aux=True, mlp="auto")
+    return aux["opacity"].float().flatten(1).mean(dim=1).cpu()
+
+
+def empty_render_warning(opacity: torch.Tensor) -> str | None:
+    """One line when every probe render is empty (mean opacity below EMPTY_OPACITY): G has collapsed to scenes
+    without density (measured on the cars set at d_lr=0.0025, docs/study/DISCUSSION.md), which D tells from reals
+    without effort, so FID stops improving."""
+    if opacity.numel() == 0 or float(opacity.max()) >= EMPTY_OPACITY:
+        return None
+    return (f"Warning: G_ema renders empty scenes (mean opacity at most {float(opacity.max()):.2g} in "
+            f"{opacity.numel()} fixed renders): the generator has collapsed to no density (README, known issue). "
+            f"Restart with another --seed or with --set d_lr=0.001, or resume a training state from before the "
+            f"collapse with --set d_lr=0.001.")
+
+
 def param_fingerprint(module: torch.nn.Module) -> torch.Tensor:
     """Per-parameter L2 norms [n] (fp32, on the parameters' device). Training moves them every step; the same
     fingerprint at the start and the end of a tick means no parameter changed."""
@@ -367,8 +392,11 @@ def maintenance(run: EasyDict, done: bool) -> None:
         run[key] = now
         extra[f"Progress/{name}_frozen"] = float(frozen[-1] is not None)
     if run.rank == 0:
+        opacity = probe_opacity(run)
+        extra["Progress/G_ema_opacity"] = float(opacity.mean())
+        empty = empty_render_warning(opacity)
         print(status_line(run, stats, tick_sec, run.maint_sec, peak_gb), flush=True)
-        for warning in (divergence_warning(stats), *frozen):
+        for warning in (divergence_warning(stats), *frozen, empty):
             if warning:
                 print(warning, flush=True)
     snap_due = done or (run.cfg.snap > 0 and run.cur_tick % run.cfg.snap == 0)
