@@ -385,8 +385,8 @@ def test_empty_render_probe_and_warning(tiny_data):
     from training.training_loop import EMPTY_PROBES, empty_render_warning, probe_opacity
     cfg, nets, _ = _smoke_step(tiny_data)
     gen = torch.Generator().manual_seed(1)
-    run = EasyDict(G_ema=nets.G_ema, cfg=cfg, grid_z=nets.G.sample_z(6, generator=gen),
-                   grid_c2w=nets.G.sample_poses(6, generator=gen))
+    run = EasyDict(G_ema=nets.G_ema, cfg=cfg, grid_z=nets.G.sample_z(10, generator=gen),
+                   grid_c2w=nets.G.sample_poses(10, generator=gen))
     rng = torch.get_rng_state()
     bias = nets.G_ema.nerf.layers[-1].bias
     with torch.no_grad():

@@ -330,13 +330,13 @@ def divergence_warning(stats: dict) -> str | None:
 
 
 EMPTY_OPACITY = 0.01   # mean pixel opacity under which a render shows no object (real objects cover 10-40 %)
-EMPTY_PROBES = 4       # grid latents and poses rendered each tick for the check
+EMPTY_PROBES = 8       # grid latents and poses rendered each tick for the check
 
 
 @torch.no_grad()
 def probe_opacity(run: EasyDict) -> torch.Tensor:
     """Mean pixel opacity of G_ema's full renders of the first EMPTY_PROBES grid latents and poses (no jitter, no
-    noise): [EMPTY_PROBES] fp32 on the CPU. Costs one small render per tick (the fused MLP where it runs)."""
+    noise): [<= EMPTY_PROBES] fp32 on the CPU. Costs a few full renders per tick (the fused MLP where it runs)."""
     z, c2w = run.grid_z[:EMPTY_PROBES], run.grid_c2w[:EMPTY_PROBES]
     _, aux = run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, return_aux=True, mlp="auto")
     return aux["opacity"].float().flatten(1).mean(dim=1).cpu()
@@ -348,9 +348,9 @@ def empty_render_warning(opacity: torch.Tensor) -> str | None:
     without effort, so FID stops improving."""
     if opacity.numel() == 0 or float(opacity.max()) >= EMPTY_OPACITY:
         return None
-    return (f"Warning: G_ema renders empty scenes (mean opacity at most {float(opacity.max()):.2g} in "
-            f"{opacity.numel()} fixed renders): the generator has collapsed to no density (README, known issue). "
-            f"Restart with another --seed or with --set d_lr=0.001, or resume a training state from before the "
+    return (f"Warning: G_ema renders empty scenes (mean opacity at most {float(opacity.max()):.2g} in all "
+            f"{opacity.numel()} probe renders): the generator has probably collapsed to no density (README, known "
+            f"issue). Restart with another --seed or with --set d_lr=0.001, or resume a training state from before the "
             f"collapse with --set d_lr=0.001.")
 
 
