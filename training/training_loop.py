@@ -336,9 +336,9 @@ EMPTY_PROBES = 8       # grid latents and poses rendered each tick for the check
 @torch.no_grad()
 def probe_opacity(run: EasyDict) -> torch.Tensor:
     """Mean pixel opacity of G_ema's full renders of the first EMPTY_PROBES grid latents and poses (no jitter, no
-    noise): [<= EMPTY_PROBES] fp32 on the CPU. Costs a few full renders per tick (the fused MLP where it runs)."""
+    noise): [<= EMPTY_PROBES] fp32 on the CPU. Costs a few full renders per tick (on the metrics' MLP path)."""
     z, c2w = run.grid_z[:EMPTY_PROBES], run.grid_c2w[:EMPTY_PROBES]
-    _, aux = run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, return_aux=True, mlp="auto")
+    _, aux = run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, return_aux=True, mlp=run.cfg.metrics_mlp)
     return aux["opacity"].float().flatten(1).mean(dim=1).cpu()
 
 
