@@ -114,7 +114,7 @@ def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | Non
     rank, world, device = dist_utils.init(cfg.gpus)
     from training.training_loop import check_metrics_mlp, open_dataset, training_loop
     data_pair = open_dataset(cfg, rank)  # fails early (before any run directory exists) on bad data
-    if cfg.metrics and cfg.metrics_mlp == "fused":
+    if cfg.metrics_mlp == "fused":       # the metrics and every tick's empty-render probe render on this path
         check_metrics_mlp(cfg, device)   # where the fused kernel cannot run: fails before any run directory exists
     if cfg.metrics and cfg.metrics_detector and not os.path.isfile(cfg.metrics_detector):
         raise UserError(f"--set metrics_detector='{cfg.metrics_detector}': no such file. Pass a TorchScript detector "

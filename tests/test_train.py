@@ -208,7 +208,8 @@ def test_resume_path_starts_new_run_dir(tiny_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_data", "unknown_preset", "unknown_key", "patch_gt_res", "corrupt_data",
-                                  "resume_nothing", "metrics_mlp_fused", "metrics_detector_missing",
+                                  "resume_nothing", "metrics_mlp_fused", "metrics_mlp_fused_no_metrics",
+                                  "metrics_detector_missing",
                                   "patch_spacing_too_large"])
 def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -225,6 +226,9 @@ def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, cap
         # The fused MLP for the snapshot metrics on a CPU: refused before any run directory exists.
         "metrics_mlp_fused": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "fid1k_full", "--set",
                               "metrics_mlp=fused"],
+        # Without metrics too: the per-tick empty-render probe renders on the metrics' path.
+        "metrics_mlp_fused_no_metrics": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "none", "--set",
+                                         "metrics_mlp=fused"],
         "metrics_detector_missing": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "fid1k_full", "--set",
                                      f"metrics_detector={tmp_path / 'no-such-detector.pt'}"],
         # 16 x 16 windows of 32 x 32 images: at most 31 / 15 = 2.066 pixels between rays.
