@@ -19,6 +19,7 @@ from typing import Any
 from dnnlib.util import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+RECIPE_DIR = CONFIG_DIR / "recipes"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUG_MODES = ("fixed", "ada", "noaug")
 SYNTH_FAMILIES = ("cars", "planes", "chairs", "carla")
@@ -79,7 +80,7 @@ class TrainConfig:
     d_epilogue_split: bool = True        # D's 4x4 epilogue conv as one GEMM per kernel tap (split-K; same function)
     d_epilogue_split_rows: int = 64      # ... only where that GEMM has at most this many rows (batch x 16; 0 = every
                                          # call). H200, T4 setting: 1,036.6 img/s at 64 (Gmain, Dreg), 1,016.7 every
-                                         # call (session 11), 1,006.7 never; the split loses at Dmain's 128 rows
+                                         # call, 1,006.7 never; the split loses at Dmain's 128 rows
     r1_fir: str = "triton"               # that filter in the (eager, twice-differentiated) R1 phase: one of d_fir's
                                          # choices, or same (= d_fir). H200: triton Dreg 3.78 ms, depthwise 4.57; off a
                                          # GPU (no Triton) triton computes as depthwise
@@ -126,6 +127,12 @@ class TrainConfig:
     metrics: list = field(default_factory=list)
     metrics_mlp: str = "auto"            # NeRF MLP of the metric renders: auto (fused kernel on sm_80+) | fused | torch
     metrics_detector: str = ""           # feature detector file of the snapshot metrics ("" = the official Inception)
+    # Whole-object training (opt-in; training/patch_scale.py, configs/recipes/). The defaults are the reference.
+    patch_scale_law: str = "fixed"       # fixed (full-resolution crops) | uniform | beta: the scale of D's patches
+    patch_scale_start: float = 0.0       # the law's parameter at kimg 0 (uniform: lower bound of the scale;
+    patch_scale_end: float = 0.0         # beta: b of Beta(1, b)) ... and after patch_scale_anneal_kimg (linear)
+    patch_scale_anneal_kimg: float = 0.0  # 0: the end value from the start
+    d_patch_cond: bool = False           # scale-aware D: conditioned on each patch's scale and position
 
     def __post_init__(self) -> None:
         if self.p is None:
@@ -178,11 +185,30 @@ class TrainConfig:
              f"reference; got {self.patch_max_spacing}).")
         need(self.patch_size >= 4 and (self.patch_size & (self.patch_size - 1)) == 0,
              f"patch_size must be a power of two >= 4 (got {self.patch_size}).")
+        self._validate_patch_scale(need)
         synth_res = self.synth_spec_resolution()
         if synth_res is not None:
             need(self.patch_size <= synth_res,
                  f"patch_size {self.patch_size} is larger than the data resolution {synth_res}: use --set "
                  f"patch_size={_pow2_floor(synth_res)} or a larger synth_resolution.")
+
+    def _validate_patch_scale(self, need) -> None:
+        from training.patch_scale import LAWS
+        need(self.patch_scale_law in LAWS, f"patch_scale_law '{self.patch_scale_law}' is not one of "
+             f"{', '.join(LAWS)} (fixed = the reference's full-resolution crops).")
+        need(self.patch_scale_anneal_kimg >= 0, f"patch_scale_anneal_kimg must be >= 0 (got "
+             f"{self.patch_scale_anneal_kimg}).")
+        ends = (self.patch_scale_start, self.patch_scale_end)
+        if self.patch_scale_law == "uniform":
+            need(all(0.0 <= v <= 1.0 for v in ends), f"the uniform law's patch_scale_start/end are lower bounds of "
+                 f"the scale (a fraction of the frame, 0 = the smallest patch) and must lie in [0, 1]; got {ends}.")
+        if self.patch_scale_law == "beta":
+            need(all(v > 0 for v in ends), f"the beta law's patch_scale_start/end are b of Beta(1, b) and must be "
+                 f"> 0 (0.001: almost always the whole frame; 1: uniform scales); got {ends}.")
+        need(self.patch_max_spacing == 1.0 or (self.patch_scale_law == "fixed" and not self.d_patch_cond),
+             f"patch_max_spacing={self.patch_max_spacing:g} (random-scale windows) does not combine with "
+             f"patch_scale_law={self.patch_scale_law} or d_patch_cond: use --set patch_scale_law=uniform instead "
+             f"(the same windows, as scales, with annealing).")
 
     def synth_spec_resolution(self) -> int | None:
         """Resolution a 'synth:' data spec will have, or None for a file dataset / no data."""
@@ -221,9 +247,12 @@ class TrainConfig:
 
     def D_kwargs(self) -> dict[str, Any]:
         """Primitive constructor kwargs of training.networks.discriminator.Discriminator."""
-        return dict(img_resolution=self.patch_size, img_channels=3, channel_base=self.d_channel_base,
-                    channel_max=self.d_channel_max, num_fp16_res=self.d_num_fp16_res, conv_clamp=self.d_conv_clamp,
-                    mbstd_group_size=self.mbstd_group, mbstd_num_channels=self.mbstd_channels)
+        kwargs = dict(img_resolution=self.patch_size, img_channels=3, channel_base=self.d_channel_base,
+                      channel_max=self.d_channel_max, num_fp16_res=self.d_num_fp16_res, conv_clamp=self.d_conv_clamp,
+                      mbstd_group_size=self.mbstd_group, mbstd_num_channels=self.mbstd_channels)
+        if self.d_patch_cond:
+            kwargs["patch_features"] = 3     # scale, centre row, centre column (training.patch_scale)
+        return kwargs
 
     def augment_kwargs(self) -> dict[str, Any]:
         """Constructor kwargs of training.augment.AugmentPipe (noaug = crop only, p = 0)."""
@@ -236,7 +265,8 @@ class TrainConfig:
         data = self.data.replace("synth:", "synth_").split(":")[0]
         data = Path(data).stem if not data.startswith("synth_") else data
         rs = f"rs{self.patch_max_spacing:g}" if self.patch_max_spacing > 1 else ""
-        parts = [*cfg_names, data, f"b{self.batch}", self.aug, rs]
+        law = "" if self.patch_scale_law == "fixed" else f"ps{self.patch_scale_law}"
+        parts = [*cfg_names, data, f"b{self.batch}", self.aug, rs, law, "dcond" if self.d_patch_cond else ""]
         return "-".join(p for p in parts if p).replace("/", "_")
 
 
@@ -295,13 +325,24 @@ def _coerce_types(cfg: TrainConfig) -> None:
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    """Preset names: configs/*.toml (the faithful presets and `smoke`) and configs/recipes/*.toml (departures)."""
+    return sorted(p.stem for d in (CONFIG_DIR, RECIPE_DIR) for p in d.glob("*.toml"))
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    """configs/<name>.toml, else configs/recipes/<name>.toml (the path that does not exist when neither does)."""
+    path = CONFIG_DIR / f"{name}.toml"
+    return path if path.is_file() or not (RECIPE_DIR / f"{name}.toml").is_file() else RECIPE_DIR / f"{name}.toml"
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """Read configs/<name>.toml (flat key = value pairs)."""
-    path = CONFIG_DIR / f"{name}.toml"
-    if not path.is_file():
+    """Read configs/<name>.toml or configs/recipes/<name>.toml (flat key = value pairs)."""
+    path = preset_path(name)
+    if not path.is_file() or "/" in name or "\\" in name:
         raise UserError(f"Unknown preset '{name}'. Valid presets: {', '.join(list_presets())} "
                         f"(combine them with --cfg a,b; later ones win).")
     try:

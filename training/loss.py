@@ -2,7 +2,7 @@
 lazy-regularisation lr/beta rescaling, EMA of G, and a device-side gradient guard (fp16 loss scaling + non-finite
 counting) that never syncs with the host.
 
-Phases (REFERENCE.md 5.2): Gmain softplus(-D(aug(G(z)))); Dmain softplus(D(aug(G(z)))) + softplus(-D(aug(x)));
+Phases (the authors' training loop): Gmain softplus(-D(aug(G(z)))); Dmain softplus(D(aug(G(z)))) + softplus(-D(aug(x)));
 Dreg every `d_reg_interval` D steps: gamma/2 * ||dD(aug(x))/dx||^2 w.r.t. the full-resolution real before
 augmentation, times the interval. The empty Greg phase of the reference is dropped, its lr/beta scaling is kept.
 """
@@ -186,8 +186,13 @@ class HyperNeRFGANLoss:
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
                  d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False,
                  r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0, r1_channels_last: bool = True,
-                 fakes_mlp: str = "torch", r1_fir: str | None = None) -> None:
+                 fakes_mlp: str = "torch", r1_fir: str | None = None, patch_law=None,
+                 d_patch_cond: bool = False) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
+        # Whole-object training (training/patch_scale.py): a PatchScaleLaw draws the windows of fakes and reals (None:
+        # the reference path, windows drawn by G.sample_windows and the augment pipe); d_patch_cond: D is told each
+        # patch's window features.
+        self.patch_law, self.d_patch_cond = patch_law, d_patch_cond
         self.patch_size = patch_size
         self.max_spacing = max_spacing   # > 1: random-scale windows (config patch_max_spacing), reals alike
         self.r1_gamma = r1_gamma
@@ -214,20 +219,27 @@ class HyperNeRFGANLoss:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self._device().type, dtype=self.g_dtype)
 
-    def run_G(self, n: int, update_w_avg: bool = False, mlp: str = "torch") -> torch.Tensor:
+    def run_G(self, n: int, update_w_avg: bool = False, mlp: str = "torch",
+              return_windows: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Render n fake P x P patches with fresh z, poses and windows; training noise on. -> [n, 3, P, P] fp32.
 
         Draw order from the generator: z, poses, windows, stratified offsets, density noise (the order G.forward
         would draw them in), so the result equals G(z, ..., generator=gen) exactly. mlp: 'fused' evaluates the NeRF
         MLP with the fused forward-only kernel (the caller resolved it with `resolve_mlp`; no-grad renders only).
+        With a patch-scale law the windows come from it (same place in the draw order). return_windows: also return
+        the windows ([n, 2] int64 or [n, 3] float32).
         """
         gen, dev = self.generator, self._device()
         z = self.G.sample_z(n, generator=gen, device=dev)                               # [n, z_dim]
         c2w = self.G.sample_poses(n, generator=gen, device=dev)                         # [n, 4, 4]
-        scale = {"max_spacing": self.max_spacing} if self.max_spacing > 1 else {}       # G-like stand-ins too
-        window = self.G.sample_windows(n, self.patch_size, generator=gen, device=dev, **scale)  # [n, 2] or [n, 3]
+        if self.patch_law is not None:
+            window = self.patch_law.sample(n, generator=gen, device=dev).to(dev)        # [n, 2] or [n, 3]
+        else:
+            scale = {"max_spacing": self.max_spacing} if self.max_spacing > 1 else {}   # G-like stand-ins too
+            window = self.G.sample_windows(n, self.patch_size, generator=gen, device=dev, **scale)  # [n, 2] / [n, 3]
         u, noise = self.G.sample_randomness(n, self.patch_size, generator=gen, device=dev)  # [n, P*P, S] each
-        return self._render(z, c2w, window, u, noise, update_w_avg, mlp)                # [n, 3, P, P]
+        img = self._render(z, c2w, window, u, noise, update_w_avg, mlp)                 # [n, 3, P, P]
+        return (img, window) if return_windows else img
 
     def _render_eager(self, z: torch.Tensor, c2w: torch.Tensor, window: torch.Tensor, u: torch.Tensor | None,
                       noise: torch.Tensor | None, update_w_avg: bool, mlp: str = "torch") -> torch.Tensor:
@@ -244,13 +256,46 @@ class HyperNeRFGANLoss:
             img = self.augment_pipe(img, generator=self.generator)
         return img
 
-    def score(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
-        """D logits of augmented patches [n, 3, P, P] -> [n, 1] fp32 (the compiled D unless R1 needs the eager one)."""
+    def augment_real(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reals [n, 3, H, W] -> (augmented patches [n, 3, P, P], their windows or None). With a patch-scale law the
+        window comes from it and the real is resampled there (anti-aliased, training.patch_scale.resample_patches)
+        before the augment pipe; without one the pipe crops as in the reference and no window is returned."""
+        if self.patch_law is None:
+            return self.augment(img), None
+        from training.augment import crop_patches
+        from training.patch_scale import resample_patches
+        window = self.patch_law.sample(img.shape[0], generator=self.generator, device=img.device).to(img.device)
+        patch = (crop_patches(img, window, self.patch_size) if window.shape[1] == 2
+                 else resample_patches(img, window, self.patch_size))                  # [n, 3, P, P]
+        return self.augment(patch), window
+
+    def report_windows(self, window: torch.Tensor) -> None:
+        """stats.jsonl / TensorBoard: the scales D judges (mean, std), the law's parameter now, and the fractions of
+        patches in each quarter of [s_min, 1] (quarter3: the largest, near-whole-frame patches)."""
+        from training.patch_scale import scale_histogram
+        scales = self.patch_law.scale_of(window)                                        # [n]
+        training_stats.report("PatchScale/scale", scales)
+        training_stats.report("PatchScale/param", self.patch_law.param(window.device))
+        for i, frac in enumerate(scale_histogram(scales, self.patch_law.s_min).unbind(0)):
+            training_stats.report(f"PatchScale/quarter{i}", frac)
+
+    def cond(self, window: torch.Tensor | None) -> torch.Tensor | None:
+        """The window features a scale-aware D is told ([n, 3]), or None for an unconditioned D."""
+        if not self.d_patch_cond:
+            return None
+        from training.patch_scale import window_features
+        return window_features(window, self.G.img_resolution, self.patch_size)
+
+    def score(self, img: torch.Tensor, double_backward: bool = False,
+              patch: torch.Tensor | None = None) -> torch.Tensor:
+        """D logits of augmented patches [n, 3, P, P] -> [n, 1] fp32 (the compiled D unless R1 needs the eager one).
+        patch: the window features of a scale-aware D (`cond`)."""
+        cond = {} if patch is None else {"patch": patch}
         if double_backward:
             extra = {"channels_last": True} if self.r1_channels_last else {}
-            return self.D(img, mp_dtype=self.r1_dtype, **extra).float()
+            return self.D(img, mp_dtype=self.r1_dtype, **extra, **cond).float()
         extra = {"channels_last": True} if self.d_channels_last else {}
-        return self.D_first_order(img, mp_dtype=self.d_dtype, **extra).float()
+        return self.D_first_order(img, mp_dtype=self.d_dtype, **extra, **cond).float()
 
     def run_D(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
         """Augment (crops reals larger than P) and score. img: [n, 3, H, W] -> logits [n, 1] fp32."""
@@ -270,23 +315,25 @@ class HyperNeRFGANLoss:
             return 1
         return group if n >= group and n % group == 0 else None
 
-    def score_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_pair(self, a: torch.Tensor, b: torch.Tensor, ca: torch.Tensor | None = None,
+                   cb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """D logits of two batches of n patches in one D call when that is exact, else two calls.
-        -> ([n, 1], [n, 1])."""
+        ca, cb: their window features for a scale-aware D. -> ([n, 1], [n, 1])."""
         n = a.shape[0]
         group = self._mbstd_group(n) if b.shape[0] == n else None
         if group is None:
-            return self.score(a), self.score(b)
-        logits = self.score(pair_batches(a, b, group))                                  # [2n, 1]
+            return self.score(a, patch=ca), self.score(b, patch=cb)
+        cond = None if ca is None else pair_batches(ca, cb, group)                      # [2n, F]
+        logits = self.score(pair_batches(a, b, group), patch=cond)                      # [2n, 1]
         return unpair_batches(logits, group)
 
     def gmain(self, n: int, before_d: Callable[[], None] | None = None) -> torch.Tensor:
         """Non-saturating G loss (mean over n fakes). before_d: called between G's render and D (the join of a
         D update that ran meanwhile, TrainStep's d_step_overlap)."""
-        fake = self.run_G(n, update_w_avg=True)                                         # [n, 3, P, P]
+        fake, window = self.run_G(n, update_w_avg=True, return_windows=True)            # [n, 3, P, P]
         if before_d is not None:
             before_d()
-        logits = self.run_D(fake)                                                       # [n, 1]
+        logits = self.score(self.augment(fake), patch=self.cond(window))                # [n, 1]
         loss = F.softplus(-logits)
         training_stats.report("Loss/scores/fake", logits)
         training_stats.report("Loss/signs/fake", logits.sign())
@@ -296,9 +343,14 @@ class HyperNeRFGANLoss:
     def dmain(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D loss on fresh fakes and the reals. real: [n, 3, H, W] in [-1, 1]. Returns (loss, sum of sign(D(real)))."""
         with torch.no_grad():
-            fake = self.run_G(real.shape[0], mlp=self.fakes_mlp)
+            fake, fake_window = self.run_G(real.shape[0], mlp=self.fakes_mlp, return_windows=True)
         # Augment fakes then reals (the draw order of two run_D calls), then score both in one D call where exact.
-        fake_logits, real_logits = self.score_pair(self.augment(fake), self.augment(real))  # [n, 1] each
+        fake_aug = self.augment(fake)
+        real_aug, real_window = self.augment_real(real)
+        if real_window is not None:
+            self.report_windows(torch.cat([fake_window.to(real_window.dtype), real_window]))
+        fake_logits, real_logits = self.score_pair(fake_aug, real_aug, self.cond(fake_window),
+                                                   self.cond(real_window))             # [n, 1] each
         loss = F.softplus(fake_logits) + F.softplus(-real_logits)
         training_stats.report("Loss/scores/fake", fake_logits)
         training_stats.report("Loss/scores/real", real_logits)
@@ -310,7 +362,8 @@ class HyperNeRFGANLoss:
         """Lazy R1: gain * gamma/2 * ||dD(aug(x))/dx||^2 w.r.t. the full-res real x [n, 3, H, W] (before augment)."""
         x = real.detach().requires_grad_(True)
         with fir.using_fir_impl(self.r1_fir):                  # the forward picks the FIR's derivatives too
-            logits = self.run_D(x, double_backward=True)                                # [n, 1]
+            patch, window = self.augment_real(x)
+            logits = self.score(patch, double_backward=True, patch=self.cond(window))   # [n, 1]
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)               # [n, 3, H, W]
         penalty = grad.float().square().sum(dim=[1, 2, 3])                              # [n]
         loss = penalty * (self.r1_gamma / 2) * gain

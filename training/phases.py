@@ -68,6 +68,13 @@ class TrainStep:
                                     cfg.loss_scale_growth_interval)
         for guard, opt in ((self.guard_G, self.opt_G), (self.guard_D, self.opt_D), (self.guard_Dreg, self.opt_D)):
             guard.attach(opt)   # fp16: fused Adam skips steps with non-finite gradients on the device
+        # Whole-object training (opt-in): the patch-scale law anneals on `law_nimg`, the image count at the start of
+        # the step (copied from cur_nimg on the main stream, so the side-stream EMA's count update never races it).
+        from training.patch_scale import PatchScaleLaw, law_from_config
+        self.law_nimg = torch.zeros([], dtype=torch.int64, device=device)
+        patch_law = law_from_config(cfg, G.img_resolution, self.law_nimg)
+        if patch_law is None and cfg.d_patch_cond:   # a scale-aware D with the reference crops: D needs the windows
+            patch_law = PatchScaleLaw("fixed", G.img_resolution, cfg.patch_size, 0.0, 0.0, 0.0, self.law_nimg)
         self.loss = HyperNeRFGANLoss(G, D, augment_pipe, cfg.patch_size, cfg.r1_gamma, generator=generator,
                                      g_dtype=dtype, d_dtype=dtype,
                                      d_channels_last=cfg.d_channels_last and device.type == "cuda",
@@ -76,7 +83,8 @@ class TrainStep:
                                      compile_g=cfg.g_compile and device.type == "cuda",
                                      r1_dtype=None if cfg.r1_fp32 else dtype, max_spacing=cfg.patch_max_spacing,
                                      fakes_mlp=fakes_mlp_path(cfg, G, device, dtype),
-                                     r1_fir=None if cfg.r1_fir == "same" else cfg.r1_fir)
+                                     r1_fir=None if cfg.r1_fir == "same" else cfg.r1_fir,
+                                     patch_law=patch_law, d_patch_cond=cfg.d_patch_cond)
         self.ema_stream = torch.cuda.Stream(device) if cfg.ema_overlap and device.type == "cuda" else None
         # cfg.d_step_overlap: D's last optimiser step of a training step runs at the start of the next one, on a
         # side stream while G renders Gmain's fakes (in line on CPU); `flush` applies it whenever D is read between
@@ -218,6 +226,8 @@ class TrainStep:
         cfg = self.cfg
         real = reals.to(torch.float32) / 127.5 - 1                                 # [b, 3, H, W] in [-1, 1]
         reg = self.is_reg_step(step_idx)
+        if self.loss.patch_law is not None:
+            self.law_nimg.copy_(self.cur_nimg)      # the annealing clock of this step (CUDA graphs replay the copy)
         bad = self.gmain_phase(real.shape[0])
         join_ema = self._start_ema()        # G_ema <- G while Dmain runs (Dmain and Dreg only read G)
         bad = bad | self.dmain_phase(real, defer=self.d_defer and not reg)   # D's last update of the step may

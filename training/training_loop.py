@@ -280,7 +280,8 @@ def status_line(run: EasyDict, stats: dict, tick_sec: float, maint_sec: float, p
             f"sec/tick {tick_sec:<7.1f} sec/kimg {tick_sec / max(tick_kimg, 1e-9):<7.2f} "
             f"img/s {tick_kimg * 1000 / max(tick_sec, 1e-9):<7.1f} maint {maint_sec:<5.1f} "
             f"gpumem {peak_gb:<5.2f} augment {p:<5.3f} G_loss {mean('Loss/G/loss'):<7.4f} "
-            f"D_loss {mean('Loss/D/loss'):<7.4f}")
+            f"D_loss {mean('Loss/D/loss'):<7.4f}"
+            + (f" scale {mean('PatchScale/scale'):<5.3f}" if "PatchScale/scale" in stats else ""))
 
 
 def write_stats(run: EasyDict, stats: dict, extra: dict[str, float]) -> None:
@@ -334,12 +335,62 @@ EMPTY_PROBES = 8       # grid latents and poses rendered each tick for the check
 
 
 @torch.no_grad()
-def probe_opacity(run: EasyDict) -> torch.Tensor:
+def probe_opacity(run: EasyDict, return_images: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mean pixel opacity of G_ema's full renders of the first EMPTY_PROBES grid latents and poses (no jitter, no
-    noise): [<= EMPTY_PROBES] fp32 on the CPU. Costs a few full renders per tick (on the metrics' MLP path)."""
+    noise): [<= EMPTY_PROBES] fp32 on the CPU. Costs a few full renders per tick (on the metrics' MLP path).
+    return_images: also the renders [<= EMPTY_PROBES, 3, H, W] (on the device)."""
     z, c2w = run.grid_z[:EMPTY_PROBES], run.grid_c2w[:EMPTY_PROBES]
-    _, aux = run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, return_aux=True, mlp=run.cfg.metrics_mlp)
-    return aux["opacity"].float().flatten(1).mean(dim=1).cpu()
+    img, aux = run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, return_aux=True, mlp=run.cfg.metrics_mlp)
+    opacity = aux["opacity"].float().flatten(1).mean(dim=1).cpu()
+    return (opacity, img) if return_images else opacity
+
+
+def probe_reals(run: EasyDict) -> torch.Tensor:
+    """The first EMPTY_PROBES images of reals.png's fixed shuffle: float [n, 3, H, W] in [-1, 1] on the device."""
+    n = min(EMPTY_PROBES, len(run.dataset))
+    idx = np.random.default_rng(run.cfg.grid_seed).permutation(len(run.dataset))[:n]
+    images = np.stack([run.dataset[int(i)][0] for i in idx])                                 # [n, 3, H, W] uint8
+    return torch.from_numpy(images).to(run.device).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def whole_image_scores(run: EasyDict, renders: torch.Tensor) -> dict[str, float]:
+    """D's view of whole frames, once per tick: its mean logit on G_ema's probe renders and on fixed reals, both
+    resampled to one P x P patch spanning the frame (anti-aliased; a scale-aware D is told scale 1). A generator
+    that draws rows of repeated parts or empty scenes shows a wide gap (real - fake) long before FID is computed;
+    for a D trained only on full-resolution crops (the reference) the whole frame is out of its training range."""
+    from training.patch_scale import resample_patches, whole_frame_windows, window_features
+    if run.get("whole_reals") is None:
+        run.whole_reals = probe_reals(run)
+    cfg, P = run.cfg, run.cfg.patch_size
+    out = {}
+    for name, images in (("fake", renders.float()), ("real", run.whole_reals)):
+        n, R = images.shape[0], images.shape[-1]
+        win = whole_frame_windows(n, R, P, device=images.device)
+        cond = {"patch": window_features(win, R, P)} if cfg.d_patch_cond else {}
+        out[name] = float(run.D(resample_patches(images, win, P), **cond).float().mean())
+    return {"Progress/D_whole_fake": out["fake"], "Progress/D_whole_real": out["real"],
+            "Progress/D_whole_gap": out["real"] - out["fake"]}
+
+
+@torch.no_grad()
+def save_patches_grid(run: EasyDict, path: Path) -> None:
+    """What D judges under the patch-scale law now: grid_w real patches (top row) and G_ema's renders of grid_w
+    windows of the same law (bottom row), drawn from a fixed seed. Only for runs with a patch-scale law."""
+    from training.augment import crop_patches
+    from training.patch_scale import resample_patches
+    from training.video import save_image_grid
+    law = run.step.loss.patch_law
+    n, P = min(run.cfg.grid_w, EMPTY_PROBES), run.cfg.patch_size
+    if run.get("whole_reals") is None:
+        run.whole_reals = probe_reals(run)
+    n = min(n, run.whole_reals.shape[0])
+    gen = torch.Generator(device=run.device).manual_seed(run.cfg.grid_seed)
+    win = law.sample(n, generator=gen)
+    reals = run.whole_reals[:n]
+    real = crop_patches(reals, win, P) if win.shape[1] == 2 else resample_patches(reals, win, P)
+    fake = run.G_ema(run.grid_z[:n], run.grid_c2w[:n], window=law.sample(n, generator=gen), patch_size=P)
+    save_image_grid(torch.cat([real, fake.float()]).cpu(), path, grid=(n, 2))
 
 
 def empty_render_warning(opacity: torch.Tensor) -> str | None:
@@ -392,8 +443,9 @@ def maintenance(run: EasyDict, done: bool) -> None:
         run[key] = now
         extra[f"Progress/{name}_frozen"] = float(frozen[-1] is not None)
     if run.rank == 0:
-        opacity = probe_opacity(run)
+        opacity, renders = probe_opacity(run, return_images=True)
         extra["Progress/G_ema_opacity"] = float(opacity.mean())
+        extra.update(whole_image_scores(run, renders))
         empty = empty_render_warning(opacity)
         print(status_line(run, stats, tick_sec, run.maint_sec, peak_gb), flush=True)
         for warning in (divergence_warning(stats), *frozen, empty):
@@ -403,6 +455,8 @@ def maintenance(run: EasyDict, done: bool) -> None:
     image_due = done or (run.cfg.image_snap > 0 and run.cur_tick % run.cfg.image_snap == 0)
     if image_due and run.rank == 0:
         save_fakes_grid(run, run.run_dir / f"fakes{state_io.snapshot_name(run.cur_nimg)}.png")
+        if run.step.loss.patch_law is not None:
+            save_patches_grid(run, run.run_dir / f"patches{state_io.snapshot_name(run.cur_nimg)}.png")
     if snap_due:
         save_checkpoints(run)
         if run.cfg.metrics and run.rank == 0:

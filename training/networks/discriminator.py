@@ -1,4 +1,4 @@
-"""The discriminator: a StyleGAN2 residual CNN that judges P x P patches (REFERENCE.md section 3).
+"""The discriminator: a StyleGAN2 residual CNN that judges P x P patches (as the authors' D).
 
 Blocks run from the patch resolution P down to 8 (each halves the resolution with the [1, 3, 3, 1] FIR filter),
 then a 4 x 4 epilogue (minibatch standard deviation, 3x3 conv, two fully connected layers) gives one logit per image.
@@ -176,16 +176,17 @@ class DiscriminatorEpilogue(nn.Module):
     """4x4 head in fp32: mbstd -> conv 3x3 (C+F -> C) lrelu -> FC (C*16 -> C) lrelu -> FC (C -> 1)."""
 
     def __init__(self, in_channels: int, conv_clamp: float | None, mbstd_group_size: int,
-                 mbstd_num_channels: int) -> None:
+                 mbstd_num_channels: int, out_features: int = 1) -> None:
         super().__init__()
         self.mbstd_group_size, self.mbstd_num_channels = mbstd_group_size, mbstd_num_channels
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu",
                                 conv_clamp=conv_clamp, as_gemm=True)
         self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
-        self.out = FullyConnectedLayer(in_channels, 1)
+        self.out = FullyConnectedLayer(in_channels, out_features)
 
     def forward(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """x [N, C, 4, 4] (any dtype/memory format) -> logits [N, 1] in `dtype` (float32, or float64 in tests)."""
+        """x [N, C, 4, 4] (any dtype/memory format) -> logits [N, out_features] in `dtype` (float32, or float64 in
+        tests); a scale-aware D projects its out_features on the patch embedding."""
         x = x.to(dtype=dtype, memory_format=torch.contiguous_format)
         if self.mbstd_num_channels > 0:
             x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)  # [N, C + F, 4, 4]
@@ -196,7 +197,8 @@ class DiscriminatorEpilogue(nn.Module):
 
 @persistent_class
 class Discriminator(nn.Module):
-    """StyleGAN2 resnet discriminator at the patch resolution P (no conditioning)."""
+    """StyleGAN2 resnet discriminator at the patch resolution P; unconditioned (the reference) unless patch_features
+    > 0, which makes it scale-aware (training/networks/patch_cond.py)."""
 
     def __init__(self,
                  img_resolution: int,               # Patch size P (power of two >= 8).
@@ -207,6 +209,7 @@ class Discriminator(nn.Module):
                  conv_clamp: float | None = 256,    # Clamp conv outputs to +-this (None = off).
                  mbstd_group_size: int = 4,         # Minibatch-stddev group (min(this, batch) is used).
                  mbstd_num_channels: int = 1,       # Minibatch-stddev feature maps (0 = off).
+                 patch_features: int = 0,           # > 0: scale-aware, told this many window features per patch.
                  ) -> None:
         super().__init__()
         if img_resolution < 8 or img_resolution & (img_resolution - 1):
@@ -224,14 +227,20 @@ class Discriminator(nn.Module):
             block = DiscriminatorBlock(in_ch, channels[res], channels[res // 2], res, img_channels, conv_clamp,
                                        use_mp=res >= self.fp16_resolution)
             setattr(self, f"b{res}", block)
-        self.b4 = DiscriminatorEpilogue(channels[4], conv_clamp, mbstd_group_size, mbstd_num_channels)
+        self.b4 = DiscriminatorEpilogue(channels[4], conv_clamp, mbstd_group_size, mbstd_num_channels,
+                                        out_features=channels[4] if patch_features > 0 else 1)
+        self.patch_cond = None
+        if patch_features > 0:
+            from training.networks.patch_cond import PatchConditioning
+            self.patch_cond = PatchConditioning(patch_features, channels[4])
 
     def forward(self, img: torch.Tensor, mp_dtype: torch.dtype | None = None,
-                channels_last: bool = False) -> torch.Tensor:
+                channels_last: bool = False, patch: torch.Tensor | None = None) -> torch.Tensor:
         """img [N, img_channels, P, P] float -> logits [N, 1] float32 (float64 for float64 images, for gradcheck).
 
         mp_dtype: None / torch.float32 (all fp32), torch.float16 or torch.bfloat16 (mixed-precision blocks).
         channels_last: run the conv blocks in NHWC memory format (faster convolutions on GPUs).
+        patch: a scale-aware D's window features [N, patch_features] (training.patch_scale.window_features).
         """
         if mp_dtype is not None and mp_dtype != torch.float32 and mp_dtype not in _MP_DTYPES:
             raise ValueError(f"mp_dtype must be None, torch.float16 or torch.bfloat16, got {mp_dtype}")
@@ -245,6 +254,8 @@ class Discriminator(nn.Module):
             block = getattr(self, f"b{res}")
             dtype = mp_dtype if (block.use_mp and mp_dtype in _MP_DTYPES) else base_dtype
             x = block(x, img, dtype, memory_format)
+        if self.patch_cond is not None:
+            return self.patch_cond(self.b4(x, base_dtype), patch)
         return self.b4(x, base_dtype)
 
     def extra_repr(self) -> str:
