@@ -18,12 +18,16 @@ The parameter moves linearly from `start` to `end` over the first `anneal_kimg` 
 from a device counter (the count at the start of the step, part of the training state), so a resumed run draws
 exactly what an uninterrupted one does, and a CUDA graph replay sees the current value without any host sync.
 
-Reals are resampled at the window's positions with an anti-aliasing filter (`resample_patches`): a triangle kernel
-widened to the spacing, the filter of PIL's and torch's antialiased bilinear resize. At spacing <= 1 it is plain
-bilinear interpolation, at spacing 1 with integer starts an exact crop; a downscaled real is therefore as smooth as
-the fakes, whose rays sample a continuous field, and D cannot tell them apart by aliasing.
+Reals are resampled at the window's positions with an anti-aliasing filter (`resample_patches`): the image's linear
+interpolant averaged with a tent around each sample, in all a low-pass with the variance of PIL's antialiased
+bilinear filter (a tent of half-width `spacing`). At spacing <= 1 it is plain bilinear interpolation, at
+spacing 1 with integer starts an exact crop, and being symmetric it keeps affine images exact: each real sample is
+centred where G's ray of the same window meets the frame. A downscaled real is as smooth as the fakes, whose rays
+sample a continuous field, so D cannot tell them apart by aliasing.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -131,30 +135,42 @@ def whole_frame_windows(n: int, resolution: int, patch_size: int, device: torch.
     return torch.tensor([0.0, 0.0, spacing], device=device).expand(n, 3).clone()
 
 
-def _tent_weights(start: torch.Tensor, spacing: torch.Tensor, patch_size: int, size: int,
-                  dtype: torch.dtype) -> torch.Tensor:
-    """Row weights [n, P, size]: output sample i at x_i = start + i * spacing takes source pixel k with weight
-    max(0, 1 - |k - x_i| / w), w = max(spacing, 1), normalised over the pixels inside the image."""
+def _filter_weights(start: torch.Tensor, spacing: torch.Tensor, patch_size: int, size: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """Row weights [n, P, size] of `resample_patches` for samples at x_i = start + i * spacing.
+
+    The image's linear interpolant is averaged around x_i with a tent of half-width a = sqrt(spacing^2 - 1) (0 at
+    spacing <= 1), evaluated at 2M + 1 symmetric taps x_i + a j / M (tent weights, each tap a linear interpolation;
+    taps are clamped to the frame). The interpolant's own tent adds variance 1/6 to the tent's a^2/6, so the whole
+    filter has the variance of a tent of half-width `spacing` (PIL's antialiased bilinear filter). M = ceil(2 a) for
+    the largest spacing these shapes allow keeps the taps at most half a pixel apart."""
     wt = torch.promote_types(dtype, torch.float32)          # float32 (float64 for float64 images)
-    steps = torch.arange(patch_size, device=start.device, dtype=wt)
+    dev = start.device
+    top = (size - 1) / (patch_size - 1) if patch_size > 1 else 1.0
+    m = max(1, math.ceil(2 * math.sqrt(max(top * top - 1.0, 0.0))))
+    j = torch.arange(-m, m + 1, device=dev, dtype=wt) / m                                 # [K] in [-1, 1]
+    tap_w = 1.0 - j.abs()                                                                  # [K] tent weights
+    a = (spacing.to(wt).square() - 1.0).clamp_min(0.0).sqrt()                              # [n]
+    steps = torch.arange(patch_size, device=dev, dtype=wt)
     pos = start.to(wt)[:, None] + steps[None, :] * spacing.to(wt)[:, None]                # [n, P]
-    width = spacing.to(wt).clamp_min(1.0)[:, None, None]                                 # [n, 1, 1]
-    k = torch.arange(size, device=start.device, dtype=wt)
-    w = (1.0 - (k[None, None, :] - pos[:, :, None]).abs() / width).clamp_min(0.0)        # [n, P, size]
-    return (w / w.sum(dim=2, keepdim=True).clamp_min(1e-12)).to(dtype)
+    taps = (pos[:, :, None] + a[:, None, None] * j).clamp(0, size - 1)                     # [n, P, K]
+    k = torch.arange(size, device=dev, dtype=wt)
+    hat = (1.0 - (k - taps[..., None]).abs()).clamp_min(0.0)                               # [n, P, K, size]
+    w = (hat * tap_w[:, None]).sum(dim=2)                                                  # [n, P, size]
+    return (w / w.sum(dim=2, keepdim=True)).to(dtype)
 
 
 def resample_patches(images: torch.Tensor, windows: torch.Tensor, patch_size: int) -> torch.Tensor:
     """images [n, C, H, W] sampled at windows [n, 3] (row0, col0, spacing) -> [n, C, P, P], anti-aliased.
 
-    Separable: patch = A_rows @ image @ A_cols^T with tent weights of half-width max(spacing, 1) (module
-    docstring). Two batched matmuls, twice differentiable w.r.t. the images (R1), any device and float dtype; the
-    weights are built in float32 (float64 for float64 images) and cast to the images' dtype."""
+    Separable: patch = A_rows @ image @ A_cols^T with the weights of `_filter_weights` (module docstring). Two
+    batched matmuls, twice differentiable w.r.t. the images (R1), any device and float dtype; the weights are built
+    in float32 (float64 for float64 images) and cast to the images' dtype."""
     n, C, H, W = images.shape
     win = windows.to(images.device)
     spacing = win[:, 2] if win.shape[1] == 3 else torch.ones_like(win[:, 0], dtype=torch.float32)
-    rows = _tent_weights(win[:, 0], spacing, patch_size, H, images.dtype)                # [n, P, H]
-    cols = _tent_weights(win[:, 1], spacing, patch_size, W, images.dtype)                # [n, P, W]
+    rows = _filter_weights(win[:, 0], spacing, patch_size, H, images.dtype)              # [n, P, H]
+    cols = _filter_weights(win[:, 1], spacing, patch_size, W, images.dtype)              # [n, P, W]
     x = torch.matmul(rows[:, None], images)                                              # [n, C, P, W]
     return torch.matmul(x, cols[:, None].transpose(-1, -2))                              # [n, C, P, P]
 
