@@ -368,6 +368,14 @@ def test_each_recipe_trains_on_cpu(recipe, tiny_data, tmp_path, capsys):
     assert PIL.Image.open(run_dir / "patches000000.png").size == (2 * 16, 2 * 16)
 
 
+def test_whole_frame_scores_with_a_grid_that_is_no_multiple_of_the_stddev_group(tiny_data, tmp_path, capsys):
+    code, out, err = _cli(["--outdir", tmp_path, "--cfg", "chairs,smoke", "--data", tiny_data, "--set", "grid_w=5",
+                           "--set", "grid_h=1", "--kimg", "0.008", "--set", "kimg_per_tick=0.004"], capsys)
+    assert code == 0, err
+    stats = [json.loads(line) for line in (_run_dir(tmp_path) / "stats.jsonl").read_text().splitlines()]
+    assert math.isfinite(stats[-1]["Progress/D_whole_gap"]["mean"])
+
+
 def test_resume_is_exact_with_an_annealed_law(tiny_data, tmp_path, capsys):
     """8 steps straight == 4 steps + --resume auto + 4 steps, while the beta law anneals over those 8 steps."""
     common = ["--cfg", "chairs,t4-whole,smoke", "--data", tiny_data, "--deterministic", "--set", "grid_w=2",

@@ -365,6 +365,8 @@ def whole_image_scores(run: EasyDict, renders: torch.Tensor) -> dict[str, float]
     cfg, P = run.cfg, run.cfg.patch_size
     out = {}
     for name, images in (("fake", renders.float()), ("real", run.whole_reals)):
+        group = min(cfg.mbstd_group, images.shape[0])
+        images = images[:images.shape[0] - images.shape[0] % group]       # D's minibatch-stddev groups divide it
         n, R = images.shape[0], images.shape[-1]
         win = whole_frame_windows(n, R, P, device=images.device)
         cond = {"patch": window_features(win, R, P)} if cfg.d_patch_cond else {}

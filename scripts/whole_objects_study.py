@@ -1,0 +1,169 @@
+"""The CPU proxy study of whole-object training (docs/WHOLE_OBJECTS.md): small cars runs that reproduce the repeated-
+parts failure of the reference crops in minutes per run, and the same runs with the whole-object recipes.
+
+    python scripts/whole_objects_study.py run --outdir RUNS [--only NAME ...]   # train + FID-1k + precision/recall
+    python scripts/whole_objects_study.py report --outdir RUNS --docs docs/whole_objects
+
+`run` trains each planned run that has no final snapshot yet (one process at a time; start two `run` commands with
+disjoint --only lists to use two cores), then evaluates fid1k_full and pr1k3_full on its last snapshot on the CPU.
+`report` writes summary.json (the numbers of every run), one contact sheet per data resolution (the last G_ema grid
+of each run, rows = runs) and prints the Markdown table. Every run: synthetic cars (2,000 images), `--cfg
+cars,[RECIPE,]smoke --set num_layers=4`, 16 px patches, 20 kimg, one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KIMG = 20
+METRICS = ("fid1k_full", "pr1k3_full")
+COMMON = ["--set", "num_layers=4", "--set", "synth_count=2000", "--set", "kimg_per_tick=2", "--set", "snap=5",
+          "--set", "image_snap=5", "--metrics", "none"]
+ANNEAL = ["--set", f"patch_scale_anneal_kimg={KIMG}"]
+# name -> (presets, extra --set items, what it is)
+VARIANTS = {
+    "ref": ("cars,smoke", [], "reference crops (faithful law), reference d_lr 0.0025"),
+    "ref-dlr": ("cars,smoke", ["--set", "d_lr=0.001"], "reference crops, d_lr 0.001"),
+    "beta": ("cars,t4-whole-uncond,smoke", ANNEAL, "t4-whole-uncond: beta law 0.001 -> 0.8, plain D, d_lr 0.001"),
+    "beta-cond": ("cars,t4-whole,smoke", ANNEAL, "t4-whole: beta law 0.001 -> 0.8, scale-aware D, d_lr 0.001"),
+    "unif-cond": ("cars,t4-whole,smoke", ANNEAL + ["--set", "patch_scale_law=uniform", "--set",
+                  "patch_scale_start=1", "--set", "patch_scale_end=0"],
+                  "uniform law, lower bound 1 -> s_min, scale-aware D, d_lr 0.001"),
+}
+
+
+def plan() -> list[dict]:
+    runs = []
+    for seed in (0, 1):
+        for res in (64, 32):
+            for var in VARIANTS:
+                runs.append(dict(name=f"r{res}-{var}-s{seed}", res=res, variant=var, seed=seed))
+    return runs
+
+
+def train_args(run: dict, outdir: Path) -> list[str]:
+    presets, extra, _ = VARIANTS[run["variant"]]
+    return ["train.py", "--outdir", str(outdir / run["name"]), "--cfg", presets, "--seed", str(run["seed"]),
+            "--kimg", str(KIMG), "--set", f"synth_resolution={run['res']}", *COMMON, *extra]
+
+
+def run_dir_of(outdir: Path, run: dict) -> Path | None:
+    root = outdir / run["name"]
+    dirs = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    return dirs[-1] if dirs else None
+
+
+def final_snapshot(run_dir: Path | None) -> Path | None:
+    snaps = sorted(run_dir.glob("network-snapshot-*.pkl")) if run_dir else []
+    return snaps[-1] if snaps and snaps[-1].name == f"network-snapshot-{KIMG:06d}.pkl" else None
+
+
+def do_run(run: dict, outdir: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if final_snapshot(run_dir_of(outdir, run)) is None:
+        print(" ".join(["python", *train_args(run, outdir)]), flush=True)
+        subprocess.run([sys.executable, *train_args(run, outdir)], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+    snap = final_snapshot(run_dir_of(outdir, run))
+    args = [sys.executable, "calc_metrics.py", "--network", str(snap), "--metrics", ",".join(METRICS),
+            "--device", "cpu", "--mlp", "torch"]
+    print(" ".join(["python", *args[1:]]), flush=True)
+    subprocess.run(args, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def last_metric(run_dir: Path, name: str) -> dict:
+    lines = (run_dir / f"metric-{name}.jsonl").read_text().splitlines() if (run_dir / f"metric-{name}.jsonl"
+                                                                           ).is_file() else []
+    return json.loads(lines[-1])["results"] if lines else {}
+
+
+def collect(outdir: Path) -> list[dict]:
+    rows = []
+    for run in plan():
+        rd = run_dir_of(outdir, run)
+        if rd is None or final_snapshot(rd) is None:
+            continue
+        fid, pr = last_metric(rd, "fid1k_full"), last_metric(rd, "pr1k3_full")
+        stats = [json.loads(x) for x in (rd / "stats.jsonl").read_text().splitlines()]
+        mean = lambda k: stats[-1].get(k, {}).get("mean")  # noqa: E731
+        train_sec = sum(s["Timing/sec_per_tick"]["mean"] for s in stats)
+        rows.append(dict(**run, what=VARIANTS[run["variant"]][2], fid1k=fid.get("fid1k_full"),
+                         precision=pr.get("pr1k3_full_precision"), recall=pr.get("pr1k3_full_recall"),
+                         d_whole_gap=mean("Progress/D_whole_gap"), opacity=mean("Progress/G_ema_opacity"),
+                         mean_scale=mean("PatchScale/scale"), train_sec=round(train_sec, 1),
+                         command="python " + " ".join(train_args(run, Path("RUNS")))))
+    return rows
+
+
+def contact_sheets(outdir: Path, rows: list[dict], docs: Path) -> list[Path]:
+    """One PNG per data resolution: each run's last G_ema grid (top half: the first grid row), labelled rows."""
+    import PIL.Image
+    import PIL.ImageDraw
+    out = []
+    for res in sorted({r["res"] for r in rows}, reverse=True):
+        tiles = []
+        for r in (r for r in rows if r["res"] == res):
+            grid = PIL.Image.open(run_dir_of(outdir, r) / f"fakes{KIMG:06d}.png").convert("RGB")
+            row = grid.crop((0, 0, grid.width, res))                      # the first grid row: 4 renders
+            label = PIL.Image.new("RGB", (150, res), "white")
+            PIL.ImageDraw.Draw(label).text((4, res // 2 - 6), r["name"], fill="black")
+            tile = PIL.Image.new("RGB", (150 + row.width, res), "white")
+            tile.paste(label, (0, 0))
+            tile.paste(row, (150, 0))
+            tiles.append(tile)
+        if not tiles:
+            continue
+        sheet = PIL.Image.new("RGB", (tiles[0].width, sum(t.height for t in tiles)), "white")
+        for i, t in enumerate(tiles):
+            sheet.paste(t, (0, i * res))
+        path = docs / f"contact-{res}px.png"
+        sheet.save(path.with_suffix(".tmp.png"))
+        os.replace(path.with_suffix(".tmp.png"), path)
+        out.append(path)
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    lines = ["| data | run | what | FID-1k | precision / recall | D whole-frame gap | mean scale | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['res']} px | {r['name']} | {r['what']} | {fmt(r['fid1k'], '.1f')} | "
+                     f"{fmt(r['precision'], '.3f')} / {fmt(r['recall'], '.4f')} | {fmt(r['d_whole_gap'], '.2f')} | "
+                     f"{fmt(r['mean_scale'], '.2f')} | {fmt(r['train_sec'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["run", "report", "plan"])
+    ap.add_argument("--outdir", default="runs/whole_objects")
+    ap.add_argument("--only", nargs="*", default=None, help="run names (default: every planned run)")
+    ap.add_argument("--docs", default="docs/whole_objects")
+    a = ap.parse_args()
+    outdir = Path(a.outdir).resolve()
+    runs = [r for r in plan() if a.only is None or r["name"] in a.only]
+    if a.command == "plan":
+        for r in runs:
+            print(r["name"], "python", " ".join(train_args(r, outdir)))
+    elif a.command == "run":
+        for r in runs:
+            do_run(r, outdir)
+    else:
+        docs = Path(a.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        rows = collect(outdir)
+        tmp = docs / "summary.json.tmp"
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+        os.replace(tmp, docs / "summary.json")
+        contact_sheets(outdir, rows, docs)
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
