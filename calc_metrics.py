@@ -174,7 +174,7 @@ def cli(network: str | None, metrics: str, data: str | None, compare: str | None
     if network is not None:
         _list_snapshots(network)
     dev = _pick_device(device)
-    backend.activate(backend.select(impl, dev))
+    backend.activate(backend.select(impl, dev, training=False))
     det = get_detector(detector, dev)
     paths: set[str] = set()       # MLP paths of the renders (none with --compare)
     if compare is not None:

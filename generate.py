@@ -168,7 +168,7 @@ def ensure_outdir(outdir: str) -> Path:
 
 def select_backend(impl: str, device: torch.device) -> backend.Selection:
     """This command's implementation choices for --impl on `device` (printed in one line)."""
-    return backend.activate(backend.select(impl, device))
+    return backend.activate(backend.select(impl, device, training=False))
 
 
 @torch.no_grad()

@@ -75,6 +75,12 @@ def test_auto_on_an_h100_takes_every_fast_path(fake_gpu):
     assert bf16.fakes_mlp == "torch" and bf16.render_mlp == "fused"             # the fakes kernel is fp16 only
     fp32 = backend.select("auto", "cuda", None)
     assert fp32.g_layers == "tuned" and fp32.fakes_mlp == "torch"               # no 16-bit layers to fuse
+    fake_gpu["calls"].clear()
+    backend._CHECKED.clear()
+    tool = backend.select("auto", "cuda", training=False)                      # generate.py, calc_metrics.py
+    assert (tool.render_mlp, tool.g_layers, tool.training) == ("fused", "tuned", False)
+    assert [c[0] for c in fake_gpu["calls"]] == ["fused_mlp"]                    # no training kernel checked
+    assert tool.describe() == "Backend: impl=auto on cuda:0 (rendering): fused Triton MLP."
     assert backend.resolve_precision("auto", "cuda") == ("fp16", torch.float16)
 
 

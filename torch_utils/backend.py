@@ -62,6 +62,7 @@ class Selection:
     fir: str = "reference"       # D's [1, 3, 3, 1] filter in the first-order phases: pool | depthwise | reference
     r1_fir: str = "reference"    # ... in the twice-differentiated R1 phase: triton | depthwise | reference
     epilogue_split: bool = False  # D's 4x4 epilogue conv split by kernel taps where it pays (`conv_gemm`)
+    training: bool = True        # False: chosen for rendering only (the tools); training-only kernels not checked
 
     def replace(self, **changes) -> "Selection":
         return dataclasses.replace(self, **changes)
@@ -71,6 +72,9 @@ class Selection:
         if self.impl == "reference":
             return f"Backend: impl=reference on {self.device} (plain eager PyTorch)."
         g = {"fused": "fused Triton layers", "tuned": "tuned GEMMs", "plain": "plain GEMMs"}[self.g_layers]
+        if not self.training:
+            return (f"Backend: impl=auto on {self.device} (rendering): "
+                    f"{'fused Triton MLP' if self.render_mlp == 'fused' else f'PyTorch MLP, {g}'}.")
         parts = [("CUDA graphs" if self.step_graphs else "eager step"),
                  f"G {'compiled' if self.compile_g else 'eager'} ({g}"
                  f"{', fused-kernel fakes' if self.fakes_mlp == 'fused' else ''})",
@@ -243,16 +247,22 @@ def kernel_ok(kernel: str, device: torch.device | str, dtype: torch.dtype) -> bo
 # ----------------------------------------------------------------------------------------------------------------------
 # The decision.
 
-def select(impl: str, device: torch.device | str, dtype: torch.dtype | None = None) -> Selection:
+def select(impl: str, device: torch.device | str, dtype: torch.dtype | None = None,
+           training: bool = True) -> Selection:
     """Every implementation choice for `impl` on `device`, with `dtype` the training step's 16-bit dtype (None: fp32
     or no training). Runs each needed self-check once. The choices of impl=auto on a CUDA GPU are the ones measured
-    fastest at the T4 setting (docs/PERFORMANCE.md); on a CPU, auto keeps the eager step."""
+    fastest at the T4 setting (docs/PERFORMANCE.md); on a CPU, auto keeps the eager step. training=False (the
+    rendering tools): only the render path is chosen, and only its kernel is checked."""
     impl = check_impl(impl)
     device = torch.device(device)
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     if impl == "reference":
         return Selection(impl=impl, device=str(device))
+    if device.type == "cuda" and not training:
+        render = "fused" if kernel_ok("fused_mlp", device, torch.float16) else "torch"
+        return Selection(impl=impl, device=str(device), g_layers="tuned", render_mlp=render, fir="pool",
+                         r1_fir="depthwise", epilogue_split=True, training=False)
     if device.type == "cuda":
         render = "fused" if kernel_ok("fused_mlp", device, torch.float16) else "torch"
         fused_layers = dtype is not None and kernel_ok("object_linear", device, dtype)
@@ -267,4 +277,4 @@ def select(impl: str, device: torch.device | str, dtype: torch.dtype | None = No
     render = "fused" if interp else "torch"
     return Selection(impl=impl, device=str(device), g_layers="tuned", render_mlp=render,
                      fakes_mlp=render if dtype == torch.float16 else "torch", fir="pool",
-                     r1_fir="triton" if interp else "depthwise", epilogue_split=True)
+                     r1_fir="triton" if interp else "depthwise", epilogue_split=True, training=training)
