@@ -1,4 +1,4 @@
-"""The reproduction study of the seed (issue 8) as one command, plus the zip splitter behind its noise floors.
+"""The reproduction study of the seed as one command, plus the zip splitter behind its noise floors.
 
   python scripts/reproduce.py run --outdir runs/study            # the whole study (GPU; idempotent, resumable)
   python scripts/reproduce.py run --outdir runs/smoke --smoke --families cars --ablations ns8 --detector D.pt
@@ -265,7 +265,7 @@ def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
     from training.config import resolve_config
     batch = resolve_config(run.cfg).batch
     # A failed metrics step of the 0-kimg point does not hold the training back (the study once lost three runs'
-    # device time that way); it is reported after the training, and the next invocation fills the metric in.
+    # training time that way); it is reported after the training, and the next invocation fills the metric in.
     deferred = None
     try:
         # One minibatch: the plain eager step (no CUDA graphs, no compilation to pay for), same function.
