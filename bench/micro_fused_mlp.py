@@ -15,7 +15,7 @@ For each depth (4 layers, and 8 layers with the skip) and dtype (bf16, fp16) it 
     (weights packed once, and packed again for every chunk as a naive integration would), as ms, points/s and the
     implied images/s of the MLP alone (median of --reps timed runs after warm-up, CUDA events).
 Points are real ray samples (pose prior, near 3 / far 5), so the encoding sees the renderer's value range.
-The sweep runs in this process: a launch that faults (sessions 5-7 saw 64 points on 4 warps read shared memory out of
+The sweep runs in this process: a launch that faults (64 points on 4 warps were seen to read shared memory out of
 bounds on H200s) leaves the CUDA context unusable and every later row fails, so on a new machine run
 bench/fused_mlp_faults.py first and pass the launches it passed with --launches. Never part of the test suite.
 """
@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from torch_utils import backend  # noqa: E402
 from torch_utils.ops import fused_mlp as fm  # noqa: E402
 from training.networks.nerf import NeRFMLP  # noqa: E402
 from training.rendering.camera import get_rays, sample_poses  # noqa: E402
@@ -100,7 +101,7 @@ def bench_mlp(args, device, num_layers: int) -> None:
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
         print(f"  -- {name}")
-        if not fm.available(device, dtype):
+        if not backend.kernel_ok("fused_mlp", device, dtype):
             print("    fused kernel not available for this dtype on this device (see warnings)")
             continue
         ref = fm.reference_evaluate(weights, sub, dtype=dtype, **cfg)
@@ -174,7 +175,7 @@ def bench_render(args, device, num_layers: int, samples: int) -> None:
     original = G.nerf.evaluate
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
-        if not fm.available(device, dtype):
+        if not backend.kernel_ok("fused_mlp", device, dtype):
             print(f"  -- {name}: fused kernel not available")
             continue
 
@@ -226,7 +227,7 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name(device)}  torch {torch.__version__}  triton {triton.__version__}  "
           f"default launch (BLOCK_N, num_warps) = {fm.default_launch(device)}")
     for name in args.dtypes.split(","):
-        print(f"available({name}) = {fm.available(device, DTYPES[name])}")
+        print(f"available({name}) = {backend.kernel_ok('fused_mlp', device, DTYPES[name])}")
     for L in (int(v) for v in args.layers.split(",")):
         bench_mlp(args, device, L)
         torch.cuda.empty_cache()                                                   # free this depth's points

@@ -6,7 +6,7 @@ Rows, forward and forward + backward timed in CUDA graphs (`train_speed.cuda_tim
 (x [B, 128] -> [B, 10910]) and D's epilogue FC (x [B, 8192] -> [B, 512]), each as one F.linear, as
 `hyper.chunked_linear` (a batch of GEMMs over blocks of outputs, so the input gradient is a split-K GEMM) and as a
 split-K forward; D's 4x4 epilogue conv as unfold + GEMM, one GEMM or one per kernel tap
-(`discriminator.conv_as_gemm`, config d_epilogue_split). CUDA only.
+(`conv_gemm.conv_as_gemm`, the backend's epilogue_split). CUDA only.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train_speed import cuda_time  # noqa: E402
 from torch_utils.cuda_graph import StepGraph  # noqa: E402
-from training.networks.discriminator import conv_as_gemm  # noqa: E402
+from torch_utils.ops.conv_gemm import conv_as_gemm  # noqa: E402
 from training.networks.hyper import chunked_linear  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def main() -> None:
         want = F.conv2d(x.double(), w.double(), padding=1).float()
         for split in (False, True):
             def fn(x, w, b, split=split):
-                return conv_as_gemm(x, w, split_taps=split) + b.view(1, -1, 1, 1)
+                return conv_as_gemm(x, w, split=split) + b.view(1, -1, 1, 1)
             err = (fn(x, w, 0 * b) - want).abs().max().item()
             key = f"{name}_{'split_taps' if split else 'one_gemm'}"
             rows[key] = {**time_fwd_bwd(fn, x, w, b, need_w), "max_abs_vs_fp64": err}

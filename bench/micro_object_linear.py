@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train_speed import cuda_time  # noqa: E402
+from torch_utils import backend  # noqa: E402
 from torch_utils.cuda_graph import StepGraph  # noqa: E402
 from torch_utils.ops import object_linear as ol  # noqa: E402
-from training.networks import hyper  # noqa: E402
 from training.networks.nerf import NeRFMLP  # noqa: E402
 
 DT = torch.float16
@@ -75,16 +75,16 @@ def mlp_rows(setting: str) -> dict:
     weights_ref = None
     out: dict = {}
     for fused in (False, True):
-        hyper.set_linear_options(fused=fused, split_k=True, pad_inputs=True)
+        sel = backend.REFERENCE.replace(g_layers="fused" if fused else "tuned")
 
-        def fwd_bwd():
+        def fwd_bwd(sel=sel):
             mlp.zero_grad(set_to_none=False)
-            with torch.autocast("cuda", dtype=DT):
+            with torch.autocast("cuda", dtype=DT), backend.use(sel):
                 raw = mlp(w, pts)
             raw.float().square().mean().backward()
 
-        def fwd():
-            with torch.no_grad(), torch.autocast("cuda", dtype=DT):
+        def fwd(sel=sel):
+            with torch.no_grad(), torch.autocast("cuda", dtype=DT), backend.use(sel):
                 return mlp(w, pts)
         for p in mlp.parameters():
             p.grad = torch.zeros_like(p)
@@ -99,7 +99,6 @@ def mlp_rows(setting: str) -> dict:
         else:
             out["raw_rel_err"] = rel(raw, raw_ref)
             out["grad_rel_err_max"] = max(rel(g, r) for g, r in zip(grads, weights_ref))
-    hyper.set_linear_options(fused=False)
     return out
 
 
@@ -113,7 +112,8 @@ def main() -> None:
     res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                  "self_check_fp16": ol.self_check(torch.device("cuda"), torch.float16),
                  "self_check_bf16": ol.self_check(torch.device("cuda"), torch.bfloat16),
-                 "available_fp16": ol.available("cuda", torch.float16), "layers": {}, "mlp": {}, "sweep": []}
+                 "available_fp16": backend.kernel_ok("object_linear", "cuda", torch.float16), "layers": {}, "mlp": {},
+                 "sweep": []}
     print(f"self-check rel err fp16 {res['self_check_fp16']:.2e} bf16 {res['self_check_bf16']:.2e}; available "
           f"{res['available_fp16']}", flush=True)
     for setting, (B, N, _) in SETTINGS.items():

@@ -24,9 +24,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.train_speed import RandomImages, cuda_time, make_cfg, make_step, parse_linear, phase_graphs  # noqa: E402
+from bench.train_speed import RandomImages, cuda_time, make_cfg, make_step, parse_choices, phase_graphs  # noqa: E402
 from training.fast_step import DeviceImageCache, GraphedTrainStep  # noqa: E402
-from training.networks import hyper  # noqa: E402
 
 
 def kernel_stats(prof, reps: int, rows: int) -> dict:
@@ -70,9 +69,7 @@ def show(name: str, ms: float, stats: dict, rows: int) -> None:
 def graphed(args, out: Path | None) -> dict:
     device = torch.device("cuda")
     cfg = make_cfg(args.presets, args.precision, extra=tuple(args.set))
-    _, step = make_step(cfg, device)
-    if args.linear:                             # after make_step, whose configure_torch applies the config's choice
-        hyper.set_linear_options(**parse_linear(args.linear))
+    _, step = make_step(cfg, device, choices=parse_choices(args.choices) if args.choices else None)
     data = RandomImages(256, 128)
     cache = DeviceImageCache(data, device)
     wrapped = GraphedTrainStep(step, cfg.batch_gpu, data.image_shape, device, cache=cache)
@@ -81,7 +78,7 @@ def graphed(args, out: Path | None) -> dict:
         wrapped(idx, i)
     torch.cuda.synchronize()
     res: dict = {"presets": args.presets, "precision": step.precision, "sets": args.set,
-                 "linear": hyper.linear_options(), "patterns": {}, "phases": {}}
+                 "backend": step.selection.describe(), "patterns": {}, "phases": {}}
     for name, step_idx in (("plain", 1), ("r1", cfg.d_reg_interval)):
         graph = wrapped.graphs[wrapped.graph_key(step_idx)]
         ms = cuda_time(lambda _: graph(), args.reps) * 1e3
@@ -106,7 +103,7 @@ def graphed(args, out: Path | None) -> dict:
 def eager(args, out: Path | None) -> dict:
     device = torch.device("cuda")
     cfg = make_cfg(args.presets, args.precision, extra=tuple(args.set))
-    _, step = make_step(cfg, device)
+    _, step = make_step(cfg, device, choices=parse_choices(args.choices) if args.choices else None)
     reals = RandomImages(cfg.batch, 128).images.to(device)
     for i in range(20):
         step(reals, i)
@@ -123,7 +120,7 @@ def main() -> None:
     ap.add_argument("--presets", default="carla,t4")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--set", action="append", default=[], help="Config override KEY=VALUE (repeatable).")
-    ap.add_argument("--linear", default=None, help="NeRF-layer options, as bench/train_speed.py --linear (one set).")
+    ap.add_argument("--choices", default=None, help="Backend overrides, as bench/train_speed.py --choices (one set).")
     ap.add_argument("--eager", action="store_true", help="Profile eager steps instead of graph replays.")
     ap.add_argument("--reps", type=int, default=100, help="Replays timed with CUDA events.")
     ap.add_argument("--prof-reps", type=int, default=5, help="Replays under the profiler.")
@@ -133,8 +130,8 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_step.py needs a CUDA GPU")
-    if args.linear:
-        parse_linear(args.linear)               # a bad spec is an error before any CUDA work
+    if args.choices:
+        parse_choices(args.choices)             # a bad spec is an error before any CUDA work
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@
 * `dataset_features`: every image of a dataset (no x-flip), uint8 at native resolution, cached on disk under
   `dnnlib.util.cache_dir()/"metrics"` keyed by dataset hash + detector sha1 + resize mode + count + feature kind.
 * `generator_features`: full-resolution G renders without jitter or noise, z and poses drawn from a private seeded
-  `torch.Generator` on the device (the global RNG is never touched), quantised like StyleGAN2-ADA. The NeRF MLP
-  runs on the path `mlp` picks (default 'auto': the fused Triton kernel on CUDA sm_80+, else PyTorch).
+  `torch.Generator` on the device (the global RNG is never touched), quantised like StyleGAN2-ADA. G is a black
+  box that renders (its NeRF MLP runs on the path the backend chose).
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import torch
 
 from dnnlib.util import atomic_write, cache_dir
 from metrics.detector import Detector
-from training.networks.generator import mlp_kwargs, resolve_mlp
 
 ProgressFn = Callable[[str, int, int], None]  # (phase label, items done, items total)
 LOADER_WORKERS_FROM = 1024  # datasets at least this large are decoded by DataLoader workers
@@ -173,22 +172,20 @@ def quantize_images(img: torch.Tensor) -> torch.Tensor:
 def generator_features(G: torch.nn.Module, detector: Detector, num_gen: int, device: torch.device | str,
                        seed: int = 0, batch_size: int = 16, ray_chunk: int | None = None,
                        capture_all: bool = False, progress: ProgressFn | None = None,
-                       label: str = "fakes", mlp: str = "auto") -> FeatureStats:
+                       label: str = "fakes") -> FeatureStats:
     """Statistics of `num_gen` full-resolution renders of G (no jitter/noise, psi = 1, poses from the prior).
 
     All z and poses come from one private torch.Generator seeded with `seed`, drawn before rendering, so the fake
-    set depends on (seed, num_gen) only, not on batch_size. mlp: the NeRF MLP path (training.networks.generator
-    MLP_MODES: auto | fused | torch); `resolve_mlp(G, mlp, device, grad_enabled=False)` says which one runs.
+    set depends on (seed, num_gen) only, not on batch_size.
     """
     device = torch.device(device)
-    synthesis_kw = mlp_kwargs(G, resolve_mlp(G, mlp, device))             # under no_grad here: auto may fuse
     gen = torch.Generator(device=device).manual_seed(int(seed))
     stats = FeatureStats(capture_all=capture_all, max_items=num_gen)
     z_all = G.sample_z(num_gen, generator=gen, device=device)               # [num_gen, z_dim], drawn up front so
     c2w_all = G.sample_poses(num_gen, generator=gen, device=device)         # [num_gen, 4, 4]  batching can't matter
     for z, c2w in zip(z_all.split(batch_size), c2w_all.split(batch_size)):
         w = G.mapping(z)                                                    # [n, w_dim]
-        img = G.synthesis(w, c2w, perturb=False, ray_chunk=ray_chunk, **synthesis_kw)   # [n, 3, H, W], [-1, 1]
+        img = G.synthesis(w, c2w, perturb=False, ray_chunk=ray_chunk)   # [n, 3, H, W], [-1, 1]
         stats.append(detector(quantize_images(img.float())))
         if progress is not None:
             progress(label, stats.num_items, num_gen)

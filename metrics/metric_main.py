@@ -6,7 +6,8 @@ feature_stats.generator_features): the same `seed` gives the same z/poses at eve
 cached on disk. `compare_datasets` measures real-vs-real noise floors: all of A plays the reals, the first
 min(N, len(B)) images of B (in dataset order) play the fakes.
 Each evaluated metric can be appended as one JSON line to `<run dir>/metric-<name>.jsonl`; a generator metric's record
-says which NeRF MLP path rendered its fakes (`mlp`: 'fused' = the fused Triton kernel, 'torch' = the PyTorch path).
+says which NeRF MLP path rendered its fakes (`mlp`: 'fused' = the fused Triton kernel, 'torch' = the PyTorch path), as
+the generator reports it (`render_mlp`; the backend chooses).
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from metrics.feature_stats import FeatureStats, ProgressFn, dataset_features, ge
 from metrics.fid import fid_from_stats
 from metrics.kid import kernel_inception_distance
 from metrics.precision_recall import precision_recall
-from training.networks.generator import resolve_mlp
 
 KNOWN_METRICS = ("fid1k_full", "fid5k_full", "fid10k_full", "fid50k_full", "kid1k_full", "kid10k_full",
                  "kid50k_full", "pr1k3_full", "pr50k3_full")
@@ -109,19 +109,17 @@ def _record(spec: MetricSpec, results: dict, real: FeatureStats, fake: FeatureSt
 
 def calc_metric(name: str, G: torch.nn.Module, dataset: torch.utils.data.Dataset, device: torch.device | str,
                 detector: Any = None, seed: int = 0, batch_size: int = 16, progress: ProgressFn | None = None,
-                cache: bool = True, ray_chunk: int | None = None, memo: dict | None = None,
-                mlp: str = "auto") -> dict[str, Any]:
+                cache: bool = True, ray_chunk: int | None = None, memo: dict | None = None) -> dict[str, Any]:
     """Evaluate one metric of generator G against every image of `dataset`.
 
     Returns dict(name, results {key: value}, n_real, n_fake, detector, detector_sha1, resize, seed, seconds, mlp).
     `memo` (a dict shared across calls) reuses real/fake features between metrics of one snapshot; its optional
     entry 'capture_all' = {'real': bool, 'fake': {num_fake, ...}} asks for raw features up front.
-    mlp: the NeRF MLP path of the fake renders, auto | fused | torch (the record's `mlp` is the one that ran).
     """
     t0 = time.time()
     spec = parse_metric(name)
     device = torch.device(device)
-    mlp_path = resolve_mlp(G, mlp, device, grad_enabled=False)     # 'fused' / 'torch'; fails early for 'fused'
+    mlp_path = G.render_mlp(device) if hasattr(G, "render_mlp") else "torch"     # what the fakes render on
     det = get_detector(detector, device)
     g_res, d_res = getattr(G, "img_resolution", None), getattr(dataset, "resolution", None)
     if g_res is not None and d_res is not None and int(g_res) != int(d_res):
@@ -134,7 +132,7 @@ def calc_metric(name: str, G: torch.nn.Module, dataset: torch.utils.data.Dataset
         dataset, det, capture_all=need_real, cache=cache, progress=progress))
     fake = _memo(memo, ("fake", spec.num_fake, seed, mlp_path), need_fake, lambda: generator_features(
         G, det, spec.num_fake, device, seed=seed, batch_size=batch_size, ray_chunk=ray_chunk, capture_all=need_fake,
-        progress=progress, mlp=mlp_path))
+        progress=progress))
     return {**_record(spec, _results(spec, real, fake, seed, device), real, fake, det, seed, t0), "mlp": mlp_path}
 
 
@@ -193,11 +191,10 @@ def evaluate_snapshot_metrics(metrics: list[str], G_ema: torch.nn.Module, datase
                               device: torch.device | str, run_dir: str | os.PathLike, snapshot_name: str,
                               kimg: float, detector: Any = None, seed: int = 0, batch_size: int = 16,
                               progress: ProgressFn | None = None, ray_chunk: int | None = None,
-                              cache: bool = True, mlp: str = "auto") -> dict[str, dict]:
+                              cache: bool = True) -> dict[str, dict]:
     """Evaluate `metrics` for one snapshot and append each result to `<run_dir>/metric-<name>.jsonl`.
 
     Returns {metric name: the JSON record written}. Called by the training loop at each snapshot and by calc_metrics.
-    mlp: the NeRF MLP path of the fake renders (auto | fused | torch; each record's `mlp` says which one ran).
     """
     names = parse_metric_list(metrics)
     det = get_detector(detector, device)
@@ -205,7 +202,7 @@ def evaluate_snapshot_metrics(metrics: list[str], G_ema: torch.nn.Module, datase
     out = {}
     for name in names:
         res = calc_metric(name, G_ema, dataset, device, detector=det, seed=seed, batch_size=batch_size,
-                          progress=progress, cache=cache, ray_chunk=ray_chunk, memo=memo, mlp=mlp)
+                          progress=progress, cache=cache, ray_chunk=ray_chunk, memo=memo)
         record = {"metric": name, **res, "snapshot_pkl": snapshot_name, "kimg": float(kimg),
                   "dataset": str(getattr(dataset, "path", getattr(dataset, "name", ""))),
                   "dataset_hash": getattr(dataset, "dataset_hash", None), "device": str(device),

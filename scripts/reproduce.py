@@ -1,4 +1,4 @@
-"""The reproduction study of the seed (issue 8) as one command, plus the zip splitter behind its noise floors.
+"""The reproduction study of the seed as one command, plus the zip splitter behind its noise floors.
 
   python scripts/reproduce.py run --outdir runs/study            # the whole study (GPU; idempotent, resumable)
   python scripts/reproduce.py run --outdir runs/smoke --smoke --families cars --ablations ns8 --detector D.pt
@@ -265,12 +265,11 @@ def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
     from training.config import resolve_config
     batch = resolve_config(run.cfg).batch
     # A failed metrics step of the 0-kimg point does not hold the training back (the study once lost three runs'
-    # device time that way); it is reported after the training, and the next invocation fills the metric in.
+    # training time that way); it is reported after the training, and the next invocation fills the metric in.
     deferred = None
     try:
-        # One minibatch: the plain eager step (no CUDA graphs, no compilation to pay for), same maths.
-        _train_stage(rec, opts, run, "start", batch / 1000,
-                     ["--set", "cuda_graphs=false", "--set", "d_compile=false", "--set", "g_compile=false"])
+        # One minibatch: the plain eager step (no CUDA graphs, no compilation to pay for), same function.
+        _train_stage(rec, opts, run, "start", batch / 1000, ["--impl", "reference"])
     except MetricsFailed as exc:
         deferred = exc
     _train_stage(rec, opts, run, "train", opts["kimg"],
@@ -376,17 +375,16 @@ def report_order(outdir: Path, report_with: list[str]) -> list[Path]:
 
 
 def side_by_side_env(jobs: int, environ: dict | os._Environ = os.environ) -> str | None:
-    """--jobs > 1 (several processes on one GPU, under NVIDIA MPS): HNG_FUSED_MLP=0 and HNG_OBJECT_LINEAR=0 for
-    every step, each unless the caller set it. A Triton kernel's self-check that faults breaks every client of the MPS
-    server (session 6: every run of the study died at its start); the metrics and Dmain's fakes then render on the
-    PyTorch path and G's layers train on cuBLAS. Returns the note to record, or None."""
-    names = [n for n in ("HNG_FUSED_MLP", "HNG_OBJECT_LINEAR") if n not in environ]
-    if jobs <= 1 or not names:
+    """--jobs > 1 (several processes on one GPU, under NVIDIA MPS): the backend's off switch HNG_KERNELS=0 for every
+    step, unless the caller set it. A Triton kernel's self-check that faults breaks every client of the MPS server
+    (every run of a study once died at its start that way); the metrics and Dmain's fakes then render on the PyTorch
+    path, G's layers train on cuBLAS and R1's filter runs as a depthwise conv. Returns the note to record, or None."""
+    name = "HNG_KERNELS"
+    if jobs <= 1 or name in environ:
         return None
-    for n in names:
-        environ[n] = "0"
-    return (f"--jobs {jobs}: {' and '.join(f'{n}=0' for n in names)} for every step (a faulting Triton self-check "
-            f"breaks every process sharing the GPU under MPS; set {names[0]}=1 to keep that kernel)")
+    environ[name] = "0"
+    return (f"--jobs {jobs}: {name}=0 for every step (a faulting Triton self-check breaks every process sharing the "
+            f"GPU under MPS; set {name}=1 to keep the kernels)")
 
 
 def run_study(opts: dict) -> tuple[Path, list[str]]:

@@ -71,7 +71,7 @@ def do_run(run: dict, outdir: Path) -> None:
                        stdout=subprocess.DEVNULL)
     snap = final_snapshot(run_dir_of(outdir, run))
     args = [sys.executable, "calc_metrics.py", "--network", str(snap), "--metrics", ",".join(METRICS),
-            "--device", "cpu", "--mlp", "torch"]
+            "--device", "cpu", "--impl", "reference"]
     print(" ".join(["python", *args[1:]]), flush=True)
     subprocess.run(args, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
 

@@ -2,10 +2,36 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from torch_utils import backend
+
+
+GPU_TESTS = Path(__file__).resolve().parent / "gpu"
+
+
+@pytest.hookimpl(tryfirst=True)      # before `-m gpu` selects by marker
+def pytest_collection_modifyitems(config, items):
+    """tests/gpu holds the GPU correctness gates: marked gpu, and skipped without CUDA (`pytest -m gpu`)."""
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (the GPU gates never run on a CPU)")
+    for item in items:
+        if GPU_TESTS in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.gpu)
+            if not torch.cuda.is_available():
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    """Entry points run in-process (train, generate, calc_metrics) make their backend selection the process's
+    current one; every test starts from the one before it."""
+    before = backend.current()
+    yield
+    backend.activate(before, quiet=True)
 
 
 class _StandIn(torch.nn.Module):

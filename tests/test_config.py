@@ -65,7 +65,7 @@ def test_unknown_preset_and_key_list_valid_ones():
     (["patch_size=24"], "power of two"),
     (["precision=fp8"], "precision"),
     (["aug=strong"], "aug"),
-    (["metrics_mlp=triton"], "metrics_mlp 'triton' is not one of auto, fused, torch"),
+    (["impl=triton"], "impl 'triton' is not one of auto, reference"),
     (["p=1.5"], r"p must be in \[0, 1\]"),
     (["kimg=0"], "kimg must be > 0"),
 ])
@@ -107,9 +107,24 @@ def test_run_directory_description_names_random_scale_windows():
     assert resolve_config("noaug").desc(["noaug"]).endswith("-b4-noaug")
 
 
-def test_r1_fir_choices():
-    from training.config import TrainConfig
-    assert TrainConfig().r1_fir == "triton"
-    assert TrainConfig(r1_fir="same").r1_fir == "same"
-    with pytest.raises(UserError, match="r1_fir 'fast' is neither 'same'"):
-        TrainConfig(r1_fir="fast")
+def test_impl_is_the_one_implementation_switch():
+    from training.config import RETIRED_KEYS, field_names
+    assert TrainConfig().impl == "auto" and resolve_config(None, ["impl=reference"]).impl == "reference"
+    assert len(field_names()) <= 65 and not set(RETIRED_KEYS) & set(field_names())
+    perf = {"impl", "workers", "ray_chunk"}                     # the keys that only choose how fast, not what
+    assert perf <= set(field_names())
+
+
+def test_saved_configs_with_retired_keys_still_load(capsys):
+    """A training state or snapshot from before the backend stored its implementation keys: they are dropped with
+    one line that names them, and the rest of the config is kept."""
+    saved = {**resolve_config("chairs").to_dict(), "cuda_graphs": False, "d_fir": "grouped", "d_step_overlap": True,
+             "metrics_mlp": "torch"}
+    saved.pop("impl")
+    cfg = TrainConfig.from_dict(saved)
+    assert cfg == resolve_config("chairs")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln]
+    assert len(lines) == 1 and "ignored: cuda_graphs, d_fir, d_step_overlap, metrics_mlp" in lines[0]
+    assert resolve_config(None, ["seed=3"], base=saved).seed == 3                 # train.py --resume
+    with pytest.raises(UserError, match="Unknown config key 'd_fir'"):           # new input is still checked
+        resolve_config(None, ["d_fir=pool"])

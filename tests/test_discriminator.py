@@ -198,33 +198,23 @@ def test_compiles_without_graph_breaks():
 
 
 def test_epilogue_conv_split_by_taps_is_the_same_function():
-    """conv_as_gemm with one GEMM per kernel tap (config d_epilogue_split) equals the conv, to second order, and a
-    whole D gives the same logits and gradients with either form."""
-    from training.networks.discriminator import Discriminator, conv_as_gemm, set_conv_gemm_split
+    """D's epilogue conv split by kernel taps (the backend's epilogue_split, at <= 64 GEMM rows) gives the same
+    logits and gradients as the single GEMM; a batch of 4 at the 4x4 epilogue splits, a batch of 8 does not."""
+    from torch_utils import backend
+    from training.networks.discriminator import Discriminator
     torch.manual_seed(0)
-    x = torch.randn(3, 7, 4, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(5, 7, 3, 3, dtype=torch.float64, requires_grad=True)
-    want = torch.nn.functional.conv2d(x, w, padding=1)
-    for split in (False, True):
-        torch.testing.assert_close(conv_as_gemm(x, w, split_taps=split), want, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradgradcheck(lambda a, b: conv_as_gemm(a, b, split_taps=True), (x, w))
     D = Discriminator(16, channel_base=256, channel_max=32).double()
     img = torch.randn(4, 3, 16, 16, dtype=torch.float64)
     results = []
-    old = set_conv_gemm_split(False)
-    try:
-        # plain, split, and split by row count (64 rows: a batch of 4 at the epilogue's 4x4 splits, 8 does not)
-        for split, max_rows, batch in ((False, 0, 4), (True, 0, 4), (True, 64, 4), (True, 64, 8), (False, 0, 8)):
-            set_conv_gemm_split(split, max_rows=max_rows)
-            x_in = torch.cat([img, img.flip(0)]) if batch == 8 else img
+    for split, batch in ((False, 4), (True, 4), (True, 8), (False, 8)):
+        x_in = torch.cat([img, img.flip(0)]) if batch == 8 else img
+        with backend.use(backend.REFERENCE.replace(epilogue_split=split)):
             with torch.autograd.profiler.profile() as prof:
                 logits = D(x_in)
             taps = sum(e.name == "aten::bmm" for e in prof.function_events)
-            assert (taps > 0) == (split and (max_rows == 0 or batch * 16 <= max_rows)), (split, max_rows, batch)
+            assert (taps > 0) == (split and batch * 16 <= 64), (split, batch)
             results.append((logits.detach(), torch.autograd.grad(logits.square().sum(), list(D.parameters()))))
-    finally:
-        set_conv_gemm_split(*old)
-    for ref, got in ((0, 1), (0, 2), (4, 3)):
+    for ref, got in ((0, 1), (3, 2)):
         torch.testing.assert_close(results[got][0], results[ref][0], rtol=1e-12, atol=1e-12)
         for a, b in zip(results[got][1], results[ref][1]):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -18,14 +18,10 @@ from training.networks.hyper import HyperLinear
 def test_pool_fir_is_twice_differentiable_and_keeps_channels_last(padding):
     f = fir.make_fir_filter().double()
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
-    fir.set_fir_impl("pool")
-    try:
-        torch.testing.assert_close(fir.fir2d(x, f, padding, 2), fir.fir2d_reference(x, f, padding, 2))
-        assert torch.autograd.gradgradcheck(lambda t: fir.fir2d(t, f, padding, 2), (x,))
-        xc = x.detach().float().contiguous(memory_format=torch.channels_last)
-        assert fir.fir2d(xc, f.float(), padding, 1).is_contiguous(memory_format=torch.channels_last)
-    finally:
-        fir.set_fir_impl("auto")
+    torch.testing.assert_close(fir.fir2d(x, f, padding, 2, impl="pool"), fir.fir2d_reference(x, f, padding, 2))
+    assert torch.autograd.gradgradcheck(lambda t: fir.fir2d(t, f, padding, 2, impl="pool"), (x,))
+    xc = x.detach().float().contiguous(memory_format=torch.channels_last)
+    assert fir.fir2d(xc, f.float(), padding, 1, impl="pool").is_contiguous(memory_format=torch.channels_last)
 
 
 def test_per_object_linear_backward_matches_autograd_baddbmm():
@@ -73,8 +69,7 @@ def test_depthwise_fir_derivatives_of_every_order(down, size):
     x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
 
     def fn(t):
-        with fir.using_fir_impl("depthwise"):
-            return fir.fir2d(t, f, padding=2, down=down)
+        return fir.fir2d(t, f, padding=2, down=down, impl="depthwise")
 
     torch.testing.assert_close(fn(x), fir.fir2d_reference(x, f, padding=2, down=down), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(fn, (x,))
@@ -86,25 +81,21 @@ def test_depthwise_fir_derivatives_of_every_order(down, size):
     assert torch.autograd.gradgradcheck(grad_of_square, (x,))
     xl = x.detach().to(memory_format=torch.channels_last)
     torch.testing.assert_close(fn(xl), fn(x.detach()), rtol=1e-12, atol=1e-12)
-    assert fir._fir_impl == "auto"                            # the block restored the process-wide choice
 
 
-def test_using_fir_impl_restores_after_errors():
+def test_backend_use_restores_after_errors():
+    from torch_utils import backend
+    before = backend.current()
     with pytest.raises(RuntimeError):
-        with fir.using_fir_impl("single"):
-            assert fir._fir_impl == "single"
+        with backend.use(before.replace(fir="depthwise")):
+            assert backend.current().fir == "depthwise"
             raise RuntimeError("boom")
-    assert fir._fir_impl == "auto"
-    with fir.using_fir_impl(None):
-        assert fir._fir_impl == "auto"
-    with pytest.raises(ValueError):
-        with fir.using_fir_impl("nope"):
-            pass
+    assert backend.current() is before
 
 
 def test_pool_fir_avoids_the_cuda_nhwc_avg_pool_backward(monkeypatch):
     """Eager CUDA avg_pool2d gets the input gradient of padded channels_last inputs wrong (pytorch#188344), so
-    'pool' / 'auto' run the depthwise form there. On CPU the predicate is false; forced true, fir2d takes the
+    'pool' runs the depthwise form there. On CPU the predicate is false; forced true, fir2d takes the
     depthwise path (its autograd node) and gives the reference's value and gradients."""
     torch.manual_seed(0)
     f = fir.make_fir_filter().double()
@@ -113,14 +104,11 @@ def test_pool_fir_avoids_the_cuda_nhwc_avg_pool_backward(monkeypatch):
     weight = torch.randn(2, 3, 7, 7, dtype=torch.float64)
     (ref,) = torch.autograd.grad((fir.fir2d_reference(x, f, padding=2, down=2) * weight).sum(), x)
     monkeypatch.setattr(fir, "pool_grad_is_wrong", lambda t, padding: padding > 0)
-    for impl in ("pool", "auto"):
-        with fir.using_fir_impl(impl):
-            y = fir.fir2d(x, f, padding=2, down=2)
-        assert type(y.grad_fn).__name__ == "_FirDepthwiseBackward"
-        (g,) = torch.autograd.grad((y * weight).sum(), x)
-        torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
-    with fir.using_fir_impl("pool"):
-        assert "Pool" in type(fir.fir2d(x, f, padding=0, down=2).grad_fn).__name__   # no padding: unaffected
+    y = fir.fir2d(x, f, padding=2, down=2, impl="pool")
+    assert type(y.grad_fn).__name__ == "_FirDepthwiseBackward"
+    (g,) = torch.autograd.grad((y * weight).sum(), x)
+    torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
+    assert "Pool" in type(fir.fir2d(x, f, padding=0, down=2, impl="pool").grad_fn).__name__   # no padding: unaffected
 
 
 @pytest.mark.parametrize("down", [1, 2])
@@ -128,16 +116,15 @@ def test_fir_implementations_agree(down):
     torch.manual_seed(0)
     x = torch.randn(2, 6, 12, 12, dtype=torch.float64)
     f = fir.make_fir_filter().double()
-    outs = []
-    for impl in fir.FIR_IMPLS:
-        fir.set_fir_impl(impl)
-        outs.append(fir.fir2d(x, f, padding=2, down=down))
-    fir.set_fir_impl("auto")
+    outs = [fir.fir2d(x, f, padding=2, down=down, impl=impl) for impl in fir.FIR_IMPLS]
     ref = fir.fir2d_reference(x, f, padding=2, down=down)
     for out in outs:
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    other = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=torch.float64) / 16
+    for impl in fir.FIR_IMPLS:                                # a filter the pools do not cover: the depthwise form
+        torch.testing.assert_close(fir.fir2d(x, other, 1, down, impl=impl), fir.fir2d_reference(x, other, 1, down))
     with pytest.raises(ValueError):
-        fir.set_fir_impl("nope")
+        fir.fir2d(x, f, padding=2, impl="nope")
 
 
 class _Images:
@@ -190,13 +177,12 @@ def test_graphed_step_on_cpu_calls_the_step_with_gathered_reals_and_proxies_attr
     assert torch.equal(reals[1], torch.from_numpy(data[6][0]))
 
 
-def test_graph_key_tells_apart_phase_patterns_and_a_pending_d_update():
+def test_graph_key_tells_apart_phase_patterns():
     from types import SimpleNamespace
 
     class Step:
         cfg = SimpleNamespace(aug="ada", ada_interval=4)
         augment_pipe = object()
-        d_pending = False
 
         def is_reg_step(self, i):
             return i % 16 == 0
@@ -204,11 +190,9 @@ def test_graph_key_tells_apart_phase_patterns_and_a_pending_d_update():
     step = Step()
     data = _Images(4, xflip=False)
     wrapped = GraphedTrainStep(step, 2, data.image_shape, "cpu", cache=DeviceImageCache(data, "cpu"))
-    assert wrapped.graph_key(1) == (False, False, False)
-    assert wrapped.graph_key(3) == (False, True, False)
-    assert wrapped.graph_key(16) == (True, False, False)
-    step.d_pending = True
-    assert wrapped.graph_key(1) == (False, False, True)
+    assert wrapped.graph_key(1) == (False, False)
+    assert wrapped.graph_key(3) == (False, True)
+    assert wrapped.graph_key(16) == (True, False)
 
 
 def test_compiled_d_falls_back_to_eager_once_with_a_message(monkeypatch, capsys):
@@ -247,11 +231,10 @@ for down, pad, size, channels_last in ((2, 2, 12, False), (2, 2, 13, True), (1, 
     res = {}
     for impl in ("triton", "depthwise"):
         xi = x.detach().clone().requires_grad_(True)
-        with fir.using_fir_impl(impl):
-            y = fir.fir2d(xi, f, padding=pad, down=down)
-            c = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-            (g,) = torch.autograd.grad((c * y * y).sum(), xi, create_graph=True)      # first order, kept
-            (gg,) = torch.autograd.grad((g * g).sum(), xi)                             # second order
+        y = fir.fir2d(xi, f, padding=pad, down=down, impl=impl)
+        c = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+        (g,) = torch.autograd.grad((c * y * y).sum(), xi, create_graph=True)      # first order, kept
+        (gg,) = torch.autograd.grad((g * g).sum(), xi)                             # second order
         res[impl] = (y.detach(), g.detach(), gg, y.is_contiguous(memory_format=torch.channels_last))
     ref = fir.fir2d_reference(x, f, pad, down)
     t, d = res["triton"], res["depthwise"]
@@ -267,8 +250,9 @@ print("RESULTS " + json.dumps(out))
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_fir_kernel_under_triton_interpreter(tmp_path):
-    """d_fir / r1_fir = 'triton': the Triton FIR and its adjoint (CPU interpreter, fp64) give fir2d's values and the
-    same first and second derivatives as 'depthwise', in NCHW and NHWC (kept), stride 1 and 2, odd sizes."""
+    """fir2d's 'triton' form (the backend's R1 filter on GPUs): the Triton FIR and its adjoint (CPU interpreter,
+    fp64) give fir2d's values and the same first and second derivatives as 'depthwise', in NCHW and NHWC (kept),
+    stride 1 and 2, odd sizes."""
     results = _run_interpreted(tmp_path, "run_fir_kernel.py", _FIR_KERNEL_SCRIPT)
     assert results.pop("fp32")["y"] < 1e-6
     assert len(results) == 4
@@ -283,29 +267,26 @@ def test_triton_fir_falls_back_off_the_kernel():
     f = fir.make_fir_filter()
     x = torch.randn(2, 3, 10, 10)
     ref = fir.fir2d_reference(x, f, padding=2, down=2)
-    with fir.using_fir_impl("triton"):
-        torch.testing.assert_close(fir.fir2d(x, f, padding=2, down=2), ref)
-        compiled = torch.compile(lambda t: fir.fir2d(t, f, padding=2, down=2, binomial=True), backend="aot_eager")
-        torch.testing.assert_close(compiled(x), ref)
+    torch.testing.assert_close(fir.fir2d(x, f, padding=2, down=2, impl="triton"), ref)
+    compiled = torch.compile(lambda t: fir.fir2d(t, f, padding=2, down=2, binomial=True, impl="triton"),
+                             backend="aot_eager")
+    torch.testing.assert_close(compiled(x), ref)
 
 
 def test_triton_fir_kernels_are_tried_once_per_gpu(monkeypatch):
     """A GPU where the Triton FIR kernels fail to compile or launch (e.g. no C compiler for Triton's launcher) gets
-    one warning and the depthwise form; a GPU where they run keeps them; each device and dtype is tried once,
-    never inside a CUDA graph capture; any compute capability (an sm_75 T4 too). (CPU test: a stand-in tensor that
-    claims to live on a GPU, and stand-in launches.)"""
+    one warning and the depthwise form for R1; a GPU where they run keeps them; each device and dtype is tried once,
+    at any compute capability (an sm_75 T4 too). (CPU test: stand-in launches on a claimed GPU.)"""
     import warnings
-    from types import SimpleNamespace
 
-    from torch_utils.ops import fir_kernel, fused_mlp
-    monkeypatch.setattr(fir_kernel, "_WORKS", {})
-    monkeypatch.setattr(fir_kernel, "runs_on", lambda x: True)
-    monkeypatch.setattr(fused_mlp, "triton", SimpleNamespace())
-    capturing = {"now": False}
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing["now"])
+    from torch_utils import backend
+    from torch_utils.ops import fir_kernel
+    monkeypatch.setattr(backend, "_CHECKED", {})
+    monkeypatch.setattr(backend, "HAS_TRITON", True)
+    monkeypatch.delenv(backend.OFF_SWITCH, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    monkeypatch.setattr(fir_kernel, "_probe_input", lambda device, dtype: torch.zeros(1, 1, 4, 4, dtype=dtype))
+    monkeypatch.setattr(backend, "_probe_input", lambda device, dtype: torch.zeros(1, 1, 4, 4, dtype=dtype))
     launches = []
 
     def launch(*args):
@@ -315,18 +296,14 @@ def test_triton_fir_kernels_are_tried_once_per_gpu(monkeypatch):
         return torch.zeros(1, 1, 2, 2)
     monkeypatch.setattr(fir_kernel, "fir_down", launch)
     monkeypatch.setattr(fir_kernel, "fir_adjoint", lambda *a: torch.zeros(1, 1, 4, 4))
-    gpu0, gpu1 = (SimpleNamespace(is_cuda=True, device=torch.device("cuda", i), dtype=torch.float16)
-                  for i in (0, 1))
+    gpu0, gpu1 = torch.device("cuda", 0), torch.device("cuda", 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        capturing["now"] = True
-        assert not fir_kernel.usable(gpu0) and not launches and fir_kernel._WORKS == {}   # not tried in a capture
-        capturing["now"] = False
-        assert not fir_kernel.usable(gpu0) and not fir_kernel.usable(gpu0)
+        assert not backend.kernel_ok("fir", gpu0, torch.float16) and not backend.kernel_ok("fir", gpu0, torch.float16)
         texts = [str(w.message) for w in caught]
-        want = ("Triton FIR kernels self-check on cuda:0 (torch.float16): RuntimeError: Failed to find C compiler. "
+        want = ("fir kernel self-check on cuda:0 (torch.float16): RuntimeError: Failed to find C compiler. "
                 "Please specify via CC environment variable.; using a depthwise conv")
         assert texts == [want]
-        assert fir_kernel.usable(gpu1) and fir_kernel.usable(gpu1) and len(launches) == 2
-        assert fir_kernel._WORKS == {(0, torch.float16): False, (1, torch.float16): True}
-        assert len(caught) == 1
+        assert backend.kernel_ok("fir", gpu1, torch.float16) and backend.kernel_ok("fir", gpu1, torch.float16)
+        assert len(launches) == 2 and len(caught) == 1
+        assert backend._CHECKED == {("fir", 0, torch.float16): False, ("fir", 1, torch.float16): True}

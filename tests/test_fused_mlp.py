@@ -3,7 +3,7 @@
 Without a GPU: the PyTorch reference and the weight packing are checked everywhere; the Triton kernel itself runs
 under Triton's CPU interpreter (TRITON_INTERPRET=1, in a subprocess so the setting cannot leak into other tests)
 when triton is installed (`make install` adds it next to the CPU torch, so CI runs it), and is skipped otherwise.
-The compiled GPU kernel is exercised by bench/micro_fused_mlp.py and by `available()`'s self-check on a CUDA machine.
+The compiled GPU kernel is exercised by bench/micro_fused_mlp.py, tests/gpu and the backend's self-check on a GPU.
 """
 from __future__ import annotations
 
@@ -128,13 +128,12 @@ def test_supported():
     assert not fm.supported(object())                                            # never raises
 
 
-def test_available_is_false_without_cuda_and_never_raises():
-    assert fm.available("cpu") is False
-    assert fm.available(torch.device("cpu"), torch.float16) is False
-    assert fm.available(torch.device("cpu"), torch.float32) is False
-    assert fm.available("not a device") is False
-    if not torch.cuda.is_available():
-        assert fm.available("cuda") is False
+def test_the_backend_never_picks_the_kernel_on_a_cpu(monkeypatch):
+    from torch_utils import backend
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert backend.select("auto", "cpu", torch.float16).render_mlp == "torch"
+    assert backend.kernel_ok("fused_mlp", "cpu", torch.float16) is False
+    assert backend.kernel_ok("fused_mlp", "not a device", torch.float16) is False      # never raises
 
 
 def test_fused_evaluate_refuses_grad_and_bad_configs():
@@ -210,7 +209,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     a64 = a.double()
     results["sincos"] = dict(sin=(s.double() - a64.sin()).abs().max().item(),
                              cos=(c.double() - a64.cos()).abs().max().item())
-    results["self_check"] = fm._self_check(torch.device("cpu"), torch.float16)     # available()'s check
+    results["self_check"] = fm.self_check(torch.device("cpu"), torch.float16)      # the backend's check
     print("RESULTS " + json.dumps(results))
 """)
 
@@ -289,7 +288,7 @@ def test_kernel_compiles_for_gpus(cc, dtype, num_layers, skip_layer, pipeline):
     """Ahead-of-time compile (no GPU needed): tensor-core instructions and (pipelined) async copies are emitted.
 
     Register spills are a speed property, not asserted here (bench/micro_fused_mlp.py times launch choices): on
-    the H200 machine (triton 3.6, session 5) ptxas reported a 24-byte stack for (80, bf16, 8 layers)."""
+    the H200 machine (triton 3.6) ptxas reported a 24-byte stack for (80, bf16, 8 layers)."""
     pytest.importorskip("triton.compiler")
     try:
         ptx, report = _aot_compile(cc, dtype, num_layers, skip_layer, pipeline)
@@ -302,41 +301,33 @@ def test_kernel_compiles_for_gpus(cc, dtype, num_layers, skip_layer, pipeline):
 
 _G_SCRIPT = textwrap.dedent("""
     import json, torch
+    from torch_utils import backend
     from training.networks.generator import Generator
     torch.manual_seed(0)
     G = Generator(width=16, num_layers=2, img_resolution=8, num_samples=6)
     z = torch.randn(2, G.z_dim)
     c2w = G.sample_poses(2, generator=torch.Generator().manual_seed(1))
+    sel = backend.select("auto", "cpu")                       # under the interpreter: the kernel renders
     with torch.no_grad():
         w = G.mapping(z)
-        ref = G.synthesis(w, c2w)
-        fused = G.synthesis(w, c2w, fused_mlp=True, ray_chunk=40)
-        auto_path = G.mlp_path("auto")
-        auto = G.synthesis(w, c2w, mlp="auto", ray_chunk=40)          # the CLIs' default picks the kernel here
-        required = G.synthesis(w, c2w, mlp="fused", ray_chunk=40)
-        torch_path = G.synthesis(w, c2w, mlp="torch", ray_chunk=40)
+        ref = G.synthesis(w, c2w)                             # the reference backend: the PyTorch path
+        fused = G.synthesis(w, c2w, mlp="fused", ray_chunk=40)
+        with backend.use(sel):
+            auto_path = G.render_mlp()
+            auto = G.synthesis(w, c2w, ray_chunk=40)           # the tools' default picks the kernel here
+            torch_path = G.synthesis(w, c2w, mlp="torch", ray_chunk=40)
+    with backend.use(sel):
+        grad_img = G.synthesis(w, c2w, ray_chunk=40)          # autograd on: never the forward-only kernel
     with torch.autocast("cpu", dtype=torch.float16):   # the default path in fp16, for scale
         with torch.no_grad():
             half = G.synthesis(w, c2w)
     print("RESULTS " + json.dumps({"fused": (fused - ref).abs().max().item(),
                                    "half": (half.float() - ref).abs().max().item(),
-                                   "auto_path": auto_path, "grad_path": G.mlp_path("auto"),
+                                   "render_mlp": sel.render_mlp, "auto_path": auto_path,
                                    "auto_is_fused": torch.equal(auto, fused),
-                                   "required_is_fused": torch.equal(required, fused),
+                                   "grad_vs_ref": (grad_img.detach() - ref).abs().max().item(),
                                    "torch_vs_ref": (torch_path - ref).abs().max().item()}))
 """)
-
-
-def test_generator_fused_mlp_flag_on_cpu_is_the_default_path():
-    from training.networks.generator import Generator
-    torch.manual_seed(0)
-    G = Generator(width=16, num_layers=2, img_resolution=8, num_samples=6)
-    w, c2w = G.mapping(torch.randn(2, G.z_dim)), G.sample_poses(2, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert torch.equal(G.synthesis(w, c2w, fused_mlp=True), G.synthesis(w, c2w))   # no GPU: not used
-    img = G.synthesis(w, c2w, fused_mlp=True)                    # grad mode: never the (forward-only) kernel
-    img.sum().backward()
-    assert G.nerf.layers[0].weight.grad is not None
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the kernel is only tested under the "
@@ -344,14 +335,13 @@ def test_generator_fused_mlp_flag_on_cpu_is_the_default_path():
 def test_generator_renders_through_the_fused_mlp_under_the_interpreter(tmp_path):
     res = _run_interpreted(tmp_path, "run_fused_generator.py", _G_SCRIPT)
     assert 0 < res["fused"] < 0.05, res          # fp16 matmuls: close to fp32, but not the fp32 path itself
-    # mlp='auto' (generate.py / calc_metrics.py's default) picks the kernel where it can run, and only without grad.
-    assert res["auto_path"] == "fused" and res["grad_path"] == "torch", res
-    assert res["auto_is_fused"] and res["required_is_fused"], res
-    assert res["torch_vs_ref"] < 1e-6, res       # mlp='torch' stays the PyTorch path (only the chunking differs)
+    # impl=auto (the tools' default) picks the kernel where it can run, and only without grad.
+    assert res["render_mlp"] == "fused" and res["auto_path"] == "fused" and res["auto_is_fused"], res
+    assert res["grad_vs_ref"] < 1e-6 and res["torch_vs_ref"] < 1e-6, res
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Choosing the MLP path (Generator.mlp_path, resolve_mlp): runs everywhere, no triton needed.
+# Which MLP path a render takes (Generator.render_mlp): runs everywhere, no triton needed.
 
 def _small_generator(**kw):
     from training.networks.generator import Generator
@@ -359,125 +349,31 @@ def _small_generator(**kw):
     return Generator(**{**dict(width=16, num_layers=2, img_resolution=8, num_samples=6), **kw})
 
 
-def test_mlp_mode_names_are_checked():
-    from dnnlib.util import UserError
-    from training.networks.generator import MLP_MODES, check_mlp_mode
-    assert MLP_MODES == ("auto", "fused", "torch")
-    assert check_mlp_mode("Auto") == "auto" and check_mlp_mode(" torch ") == "torch"
-    for bad in ("fast", "", None, True):
-        with pytest.raises(UserError, match="use one of auto, fused, torch"):
-            check_mlp_mode(bad)
+def test_mlp_argument_is_checked():
     G = _small_generator()
     w, c2w = G.mapping(torch.randn(1, G.z_dim)), G.sample_poses(1, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad(), pytest.raises(UserError, match="use one of"):
-        G.synthesis(w, c2w, mlp="triton")
-    with torch.no_grad(), pytest.raises(UserError, match="contradicts"):
-        G.synthesis(w, c2w, fused_mlp=True, mlp="torch")
+    with torch.no_grad(), pytest.raises(ValueError, match="mlp must be None, 'fused' or 'torch'"):
+        G.synthesis(w, c2w, mlp="auto")
 
 
-def test_mlp_auto_on_cpu_is_the_torch_path(monkeypatch):
+def test_render_path_follows_the_backend_device_and_shape(monkeypatch):
+    from torch_utils import backend
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     G = _small_generator()
     w, c2w = G.mapping(torch.randn(2, G.z_dim)), G.sample_poses(2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert G.mlp_path("auto") == "torch" and G.mlp_path("torch") == "torch"
         ref = G.synthesis(w, c2w, mlp="torch")
-        assert torch.equal(G.synthesis(w, c2w, mlp="auto"), ref)
-        assert torch.equal(G.synthesis(w, c2w), ref)                  # the library default: the PyTorch path
-    img = G.synthesis(w, c2w, mlp="auto")                  # grad mode: the PyTorch path, differentiable
+        for sel in (backend.REFERENCE, backend.select("auto", "cpu")):
+            with backend.use(sel):
+                assert G.render_mlp() == "torch"
+                assert torch.equal(G.synthesis(w, c2w), ref)
+    fused_cpu = backend.REFERENCE.replace(impl="auto", device="cpu", render_mlp="fused")
+    with backend.use(fused_cpu):
+        assert G.render_mlp() == "fused" and G.render_mlp("cuda:0") == "torch"   # chosen for another device
+        assert _small_generator(width=24).render_mlp() == "torch"              # a shape the kernel does not cover
+        img = G.synthesis(w, c2w)                  # grad mode: the PyTorch path, differentiable
     img.sum().backward()
     assert G.nerf.layers[0].weight.grad is not None
-
-
-def test_mlp_fused_where_it_cannot_run_is_a_clear_error(monkeypatch):
-    from dnnlib.util import UserError
-    from training.networks.generator import resolve_mlp
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    G = _small_generator()
-    w, c2w = G.mapping(torch.randn(1, G.z_dim)), G.sample_poses(1, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        with pytest.raises(UserError, match=r"--mlp fused\) cannot run here: it needs a CUDA GPU .*sm_80.*on cpu.*"
-                                            r"--mlp auto .* or --mlp torch"):
-            G.synthesis(w, c2w, mlp="fused")
-        assert "CUDA GPU" in G.fused_mlp_blocker("cpu")
-    with pytest.raises(UserError, match="autograd is on"):             # the kernel is forward-only
-        G.mlp_path("fused", "cpu")
-    assert G.fused_mlp_blocker("cpu", grad_enabled=True).startswith("autograd")
-    # An MLP shape the kernel does not cover (width 24: not a power of two) names the shape, whatever the device.
-    odd = _small_generator(width=24)
-    assert "outside the kernel's shapes" in odd.fused_mlp_blocker("cpu", grad_enabled=False)
-    assert odd.mlp_path("auto", "cpu", grad_enabled=False) == "torch"
-    # Generator-like modules without the fused path (the metrics' test stand-ins): auto -> torch, fused -> error.
-    stand_in = torch.nn.Linear(2, 2)
-    assert resolve_mlp(stand_in, "auto", "cpu") == "torch" and resolve_mlp(stand_in, "torch", "cpu") == "torch"
-    with pytest.raises(UserError, match="Linear has no fused MLP path"):
-        resolve_mlp(stand_in, "fused", "cpu")
-
-
-@pytest.mark.skipif(HAS_TRITON, reason="checks the message of an install without triton")
-def test_mlp_fused_under_the_interpreter_without_triton(monkeypatch):
-    from dnnlib.util import UserError
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    G = _small_generator()
-    assert "triton is not installed" in G.fused_mlp_blocker("cpu", grad_enabled=False)
-    with pytest.raises(UserError, match="triton is not installed"):
-        G.mlp_path("fused", "cpu", grad_enabled=False)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# available(): the self-check runs in a child process, so a faulting kernel cannot take the caller's CUDA context.
-
-_MARK = fm._CHILD_MARK
-
-
-@pytest.mark.parametrize("code, ok, why", [
-    (f"print('{_MARK} ok')", True, ""),
-    (f"print('{_MARK} mismatch')", False, "differs from the reference"),
-    # what a kernel fault looks like from outside: an error on stderr, a non-zero exit, no result line
-    ("import sys; sys.stderr.write('RuntimeError: an illegal memory access was encountered\\n'); sys.exit(1)",
-     False, "exit status 1): RuntimeError: an illegal memory access"),
-    ("import os; os.abort()", False, "exit status -6"),
-    # the child imports this repository's torch_utils whatever the caller's working directory
-    ("from torch_utils.ops import fused_mlp; print(fused_mlp._CHILD_MARK, 'ok')", True, ""),
-])
-def test_isolated_self_check_reports_the_child_outcome(code, ok, why, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    got_ok, got_why = fm._self_check_isolated(torch.device("cuda", 0), torch.float16, code=code)
-    assert got_ok is ok and why in got_why
-
-
-def test_available_falls_back_when_the_isolated_check_fails(monkeypatch):
-    calls = []
-
-    def fake_check(device, dtype):
-        calls.append((device, dtype))
-        return False, "the self-check process failed (exit status 1): illegal memory access"
-    monkeypatch.setattr(fm, "triton", object())                 # as if triton were installed
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(fm, "_self_check_isolated", fake_check)
-    monkeypatch.setattr(fm, "_AVAILABLE", {})
-    with pytest.warns(UserWarning, match="illegal memory access; using the PyTorch path"):
-        assert fm.available(torch.device("cuda", 0)) is False
-    assert fm.available(torch.device("cuda", 0)) is False         # cached: one child per device and dtype
-    assert calls == [(torch.device("cuda", 0), torch.float16)]
-    monkeypatch.setattr(fm, "_AVAILABLE", {})
-    monkeypatch.setattr(fm, "_self_check_isolated", lambda device, dtype: (True, ""))
-    assert fm.available(torch.device("cuda", 0)) is True
-
-
-def test_env_switch_turns_the_kernel_off_without_a_self_check(monkeypatch):
-    """HNG_FUSED_MLP=0: no self-check child (under NVIDIA MPS a faulting one breaks every client of the server)."""
-    calls = []
-    monkeypatch.setattr(fm, "triton", object())
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(fm, "_self_check_isolated", lambda device, dtype: calls.append(dtype) or (True, ""))
-    monkeypatch.setattr(fm, "_AVAILABLE", {})
-    monkeypatch.setenv("HNG_FUSED_MLP", "0")
-    assert fm.available(torch.device("cuda", 0)) is False and calls == []
-    monkeypatch.setenv("HNG_FUSED_MLP", "1")
-    assert fm.available(torch.device("cuda", 0)) is True and calls == [torch.float16]
 
 
 _FAKES_SCRIPT = textwrap.dedent("""
@@ -495,8 +391,7 @@ _FAKES_SCRIPT = textwrap.dedent("""
         fused = loss.run_G(2, mlp="fused")
         loss.generator.set_state(state)
         plain = loss.run_G(2, mlp="torch")
-    print("RESULTS " + json.dumps(dict(path=nets.G.mlp_path("fused", "cpu", grad_enabled=False),
-                                       shape=list(fused.shape), max_abs=(fused - plain).abs().max().item(),
+    print("RESULTS " + json.dumps(dict(shape=list(fused.shape), max_abs=(fused - plain).abs().max().item(),
                                        scale=plain.abs().mean().item())))
 """)
 
@@ -504,25 +399,17 @@ _FAKES_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU CI): the kernel is only tested under the "
                                            "Triton interpreter or on a GPU")
 def test_dmain_fakes_through_the_kernel_inside_a_compiled_render(tmp_path):
-    """Dmain's no-grad fakes (g_fakes_mlp): the fused kernel called from a torch.compile'd render (its launch
-    stays eager) gives the patch of the PyTorch path, from the same draws."""
+    """Dmain's no-grad fakes (the backend's fakes_mlp): the fused kernel called from a torch.compile'd render (its
+    launch stays eager) gives the patch of the PyTorch path, from the same draws."""
     r = _run_interpreted(tmp_path, "run_fakes_interpreted.py", _FAKES_SCRIPT)
-    assert r["path"] == "fused" and r["shape"] == [2, 3, 16, 16]
+    assert r["shape"] == [2, 3, 16, 16]
     assert r["max_abs"] < 5e-3 and r["scale"] > 0.01, r
 
 
-def test_fakes_path_on_cpu():
-    from dnnlib.util import UserError
-    from training.config import resolve_config
-    from training.phases import fakes_mlp_path
-    from training.training_loop import build_networks
-    cfg = resolve_config("smoke")
-    G = build_networks(cfg, 32, torch.device("cpu")).G
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        assert fakes_mlp_path(cfg, G, torch.device("cpu"), torch.float16) == "torch"
-        with pytest.raises(UserError, match="g_fakes_mlp=fused"):
-            fakes_mlp_path(resolve_config("smoke", sets=["g_fakes_mlp=fused"]), G, torch.device("cpu"),
-                           torch.float16)
-    assert fakes_mlp_path(cfg, G, torch.device("cpu"), None) == "torch"          # auto needs the fp16 step
-    assert fakes_mlp_path(resolve_config("smoke", sets=["g_fakes_mlp=torch"]), G, torch.device("cpu"),
-                          torch.float16) == "torch"
+def test_fakes_path_follows_the_step_precision(monkeypatch):
+    from torch_utils import backend
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(backend, "HAS_TRITON", True)
+    assert backend.select("auto", "cpu", torch.float16).fakes_mlp == "fused"
+    assert backend.select("auto", "cpu", None).fakes_mlp == "torch"             # the kernel is fp16: fp16 steps only
+    assert backend.select("reference", "cpu", torch.float16).fakes_mlp == "torch"

@@ -9,7 +9,7 @@ from torch import nn
 from training.augment import AugmentPipe
 from training.loss import (GradGuard, HyperNeRFGANLoss, ema_beta, lazy_reg_hparams, make_optimizer, pair_batches,
                            unpair_batches, update_ema)
-from training.phases import resolve_precision
+from torch_utils.backend import resolve_precision
 
 
 class LinearD(nn.Module):
@@ -278,32 +278,31 @@ def test_two_guards_share_one_fused_adam_with_separate_scales():
     assert reg.scale.item() == 512.0 and main.scale.item() == 1024.0    # ... and only its scale halved
 
 
-@pytest.mark.parametrize("fir_impl", ["pool", "single", "depthwise", "triton"])
+@pytest.mark.parametrize("fir_impl", ["pool", "depthwise", "triton", "reference"])
 def test_r1_penalty_is_the_same_in_every_layout_and_fir_implementation(fir_impl):
-    """Config r1_channels_last and d_fir change how the R1 phase runs, not what it computes (penalty and D grads)."""
-    from torch_utils.ops import fir
+    """D's layout and the backend's FIR forms change how the R1 phase runs, not what it computes (penalty and D
+    grads)."""
+    from torch_utils import backend
     from training.networks.discriminator import Discriminator
     torch.manual_seed(0)
     D = Discriminator(16, channel_base=256, channel_max=32).double()
     real = torch.randn(4, 3, 16, 16, dtype=torch.float64)
     results = []
-    try:
-        for impl, d_cl, r1_cl in (("auto", False, False), (fir_impl, True, True), (fir_impl, True, False)):
-            fir.set_fir_impl(impl)
-            loss = HyperNeRFGANLoss(Generator_small(), D, None, 16, 1.0, d_channels_last=d_cl,
-                                    r1_channels_last=r1_cl)
-            assert loss.r1_channels_last is (d_cl and r1_cl)
+    for impl, d_cl in (("reference", False), (fir_impl, True), (fir_impl, False)):
+        with backend.use(backend.REFERENCE.replace(fir=impl)):
+            loss = HyperNeRFGANLoss(Generator_small(), D, None, 16, 1.0, d_channels_last=d_cl)
             reg = loss.dreg(real, gain=16)
-            grads = torch.autograd.grad(reg, list(D.parameters()), allow_unused=True)   # R1 ignores the out bias
-            results.append((reg.detach(), [torch.zeros(1) if g is None else g for g in grads]))
-    finally:
-        fir.set_fir_impl("auto")
-    # The loss's own r1_fir (config r1_fir) picks the R1 phase's filter whatever the process-wide choice is.
-    loss = HyperNeRFGANLoss(Generator_small(), D, None, 16, 1.0, r1_fir=fir_impl)
-    reg = loss.dreg(real, gain=16)
+        grads = torch.autograd.grad(reg, list(D.parameters()), allow_unused=True)   # R1 ignores the out bias
+        results.append((reg.detach(), [torch.zeros(1) if g is None else g for g in grads]))
+    # The loss's own r1_fir (the backend's r1_fir) picks the R1 phase's filter whatever the first-order one is.
+    with backend.use(backend.REFERENCE.replace(fir="pool")):
+        loss = HyperNeRFGANLoss(Generator_small(), D, None, 16, 1.0, r1_fir=fir_impl)
+        seen = []
+        D.register_forward_pre_hook(lambda *_: seen.append(backend.current().fir))
+        reg = loss.dreg(real, gain=16)
+        assert seen == [fir_impl] and backend.current().fir == "pool"
     grads = torch.autograd.grad(reg, list(D.parameters()), allow_unused=True)
     results.append((reg.detach(), [torch.zeros(1) if g is None else g for g in grads]))
-    assert fir._fir_impl == "auto"
     for reg, grads in results[1:]:
         torch.testing.assert_close(reg, results[0][0], rtol=1e-10, atol=1e-12)
         for g, r in zip(grads, results[0][1]):

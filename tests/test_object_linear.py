@@ -1,28 +1,22 @@
 """G's fused training layers (torch_utils/ops/object_linear.py, hyper.fused_layers): the op's reference semantics,
 the fused chain against the baddbmm + relu path (float64: values and every parameter gradient), the op inside a
-compiled graph, the Triton kernel under Triton's CPU interpreter, and the config switch g_train_mlp."""
+compiled graph, and the Triton kernel under Triton's CPU interpreter."""
 from __future__ import annotations
 
-import itertools
 import textwrap
 
 import pytest
 import torch
 
+from test_backend import _run
 from test_fused_mlp import _run_interpreted, ptx_and_report
-from test_linear_options import _run
+from torch_utils import backend
 from torch_utils.ops import object_linear as ol
 from training.networks import hyper
 from training.networks.nerf import NeRFMLP
 
 HAS_TRITON = ol.triton is not None
-
-
-@pytest.fixture(autouse=True)
-def restore_options():
-    old = hyper.linear_options()
-    yield
-    hyper.set_linear_options(**old)
+FUSED, PLAIN = backend.REFERENCE.replace(g_layers="fused"), backend.REFERENCE.replace(g_layers="plain")
 
 
 def test_reference_epilogue_semantics():
@@ -53,32 +47,34 @@ def test_fused_chain_matches_the_plain_path(num_layers: int) -> None:
     mlp = NeRFMLP(num_layers=num_layers, width=32, w_dim=16, rank=3).double()
     w = torch.randn(3, 16, dtype=torch.float64)
     pts = torch.randn(3, 4096, 3, dtype=torch.float64)
-    ref_raw, ref_grads = _run(mlp, w, pts, forward="baddbmm", split_k=False, pad_inputs=False, fused=False)
+    ref_raw, ref_grads = _run(mlp, w, pts, "plain")
     assert all(g.abs().sum() > 0 for g in ref_grads)
-    for pad, split in itertools.product((False, True), (False, True)):
-        raw, grads = _run(mlp, w, pts, split_k=split, pad_inputs=pad, fused=True)
-        torch.testing.assert_close(raw, ref_raw, rtol=1e-12, atol=1e-12)
-        for g, r in zip(grads, ref_grads):
-            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+    raw, grads = _run(mlp, w, pts, "fused")
+    torch.testing.assert_close(raw, ref_raw, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+    for split in (1, 4):                                                 # the weight gradient, split or not
+        x, g = torch.randn(3, 4096, 24, dtype=torch.float64), torch.randn(3, 4096, 8, dtype=torch.float64)
+        torch.testing.assert_close(hyper.weight_grad(x, g, split), torch.bmm(x.transpose(1, 2), g))
 
 
 def test_fused_chain_compiles_without_graph_breaks() -> None:
     torch.manual_seed(0)
     mlp = NeRFMLP(num_layers=8, width=32, w_dim=16, rank=3)
     w, pts = torch.randn(2, 16), torch.randn(2, 512, 3)
-    hyper.set_linear_options(fused=False)
-    ref = mlp(w, pts)
-    ref.square().sum().backward()
+    with backend.use(PLAIN):
+        ref = mlp(w, pts)
+        ref.square().sum().backward()
     ref_grads = [p.grad.clone() for p in mlp.parameters()]
     mlp.zero_grad()
-    hyper.set_linear_options(fused=True)
     compiled = torch.compile(lambda a, b: mlp(a, b), backend="aot_eager", fullgraph=True)
-    out = compiled(w, pts)
-    out.square().sum().backward()
+    with backend.use(FUSED):
+        out = compiled(w, pts)
+        out.square().sum().backward()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for p, r in zip(mlp.parameters(), ref_grads):
         torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-5)
-    with torch.no_grad():                                                  # Dmain's no-grad fakes, compiled
+    with torch.no_grad(), backend.use(FUSED):                              # Dmain's no-grad fakes, compiled
         torch.testing.assert_close(compiled(w, pts), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -89,34 +85,16 @@ def test_fused_chain_refuses_a_gradient_for_the_encoding() -> None:
         hyper.fused_layers(pe, layers).sum().backward()
 
 
-def test_launch_parameters_and_availability_on_cpu() -> None:
-    assert ol.available("cpu") is False
+def test_launch_parameters() -> None:
     p = ol.default_launch(128, 128)
     assert p["block_m"] >= 16 and p["block_k"] == 64
     assert ol.default_launch(8, 128, masked=True)["block_k"] == 16
     assert ol.default_launch(192, 128, masked=True)["block_k"] == 128
 
 
-def test_config_switch_and_start_line() -> None:
-    from training.config import UserError, resolve_config
-    from training.fast_step import wrap_step_for_speed
-    from training.training_loop import configure_torch, train_mlp_fused
-    cpu = torch.device("cpu")
-    assert train_mlp_fused(resolve_config("smoke"), cpu) is False                 # auto: no kernel on a CPU
-    assert train_mlp_fused(resolve_config("smoke", sets=["g_train_mlp=torch"]), cpu) is False
-    cfg = resolve_config("smoke", sets=["g_train_mlp=fused", "cuda_graphs=false"])
-    configure_torch(cfg, cpu)
-    assert hyper.linear_options()["fused"] is True
-    _, _, desc = wrap_step_for_speed(None, None, cfg, torch.device("cuda"), None, lambda: iter(()))
-    assert "(tuned GEMMs, fused layers)" in desc
-    configure_torch(resolve_config("smoke", sets=["g_train_mlp=torch"]), cpu)
-    assert hyper.linear_options()["fused"] is False
-    with pytest.raises(UserError, match="g_train_mlp 'triton' is not one of auto, fused, torch"):
-        resolve_config("smoke", sets=["g_train_mlp=triton"])
-
-
 _INTERPRETER_SCRIPT = textwrap.dedent("""
     import json, torch
+    from torch_utils import backend
     from torch_utils.ops import object_linear as ol
     from training.networks import hyper
     from training.networks.nerf import NeRFMLP
@@ -147,10 +125,10 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     w, pts = torch.randn(2, 16), torch.randn(2, 96, 3)
     out = {}
     for fused in (False, True):
-        hyper.set_linear_options(fused=fused)
-        mlp.zero_grad()
-        raw = mlp(w, pts)
-        raw.square().sum().backward()
+        with backend.use(backend.REFERENCE.replace(g_layers="fused" if fused else "plain")):
+            mlp.zero_grad()
+            raw = mlp(w, pts)
+            raw.square().sum().backward()
         out[fused] = (raw.detach(), [p.grad.clone() for p in mlp.parameters()])
     results["chain"] = dict(raw=rel(out[True][0], out[False][0]),
                             grads=max(rel(a, b) for a, b in zip(out[True][1], out[False][1])))
@@ -178,10 +156,10 @@ def test_fused_chain_without_grad_equals_the_plain_path() -> None:
     mlp = NeRFMLP(num_layers=8, width=32, w_dim=16, rank=3).double()
     w, pts = torch.randn(2, 16, dtype=torch.float64), torch.randn(2, 300, 3, dtype=torch.float64)
     with torch.no_grad():
-        hyper.set_linear_options(fused=False)
-        want = mlp(w, pts)
-        hyper.set_linear_options(fused=True)
-        got = mlp(w, pts)
+        with backend.use(PLAIN):
+            want = mlp(w, pts)
+        with backend.use(FUSED):
+            got = mlp(w, pts)
     assert not got.requires_grad
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -213,22 +191,3 @@ def test_kernel_compiles_for_gpus(cc, dtype, K, C, masked):
 def test_wide_layers_take_the_reference_path():
     x, w = torch.randn(1, 5, 8), torch.randn(1, 8, ol.MAX_COLUMNS + 8)
     torch.testing.assert_close(torch.ops.hypernerf.object_linear(x, w, None, None, True), torch.relu(x @ w))
-
-
-def test_env_switch_and_capability_gate_the_self_check(monkeypatch):
-    """HNG_OBJECT_LINEAR=0: no self-check child; before sm_80: False without one; else the child's answer, cached."""
-    from torch_utils.ops import fused_mlp as fm
-    calls = []
-    monkeypatch.setattr(fm, "triton", object())
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    cc = [(9, 0)]
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cc[0])
-    monkeypatch.setattr(fm, "_self_check_isolated", lambda device, dtype, code, mark: calls.append(mark) or (True, ""))
-    monkeypatch.setattr(ol, "_AVAILABLE", {})
-    monkeypatch.setenv("HNG_OBJECT_LINEAR", "0")
-    assert ol.available(torch.device("cuda", 0)) is False and calls == []
-    monkeypatch.setenv("HNG_OBJECT_LINEAR", "1")
-    assert ol.available(torch.device("cuda", 0)) is True and calls == [ol._CHILD_MARK]
-    assert ol.available(torch.device("cuda", 0)) is True and len(calls) == 1            # cached
-    cc[0] = (7, 5)
-    assert ol.available(torch.device("cuda", 1)) is False and len(calls) == 1          # a T4: no child

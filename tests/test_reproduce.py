@@ -446,14 +446,10 @@ def test_report_ablations_over_seeds_and_study_merge(tmp_path):
     assert "ablations ns8, noaug on cars at seeds 0, 1" in md
 
 
-def test_side_by_side_runs_turn_the_fused_kernel_off_unless_asked():
+def test_side_by_side_runs_turn_the_kernels_off_unless_asked():
     env = {}
     assert reproduce.side_by_side_env(1, env) is None and env == {}
     note = reproduce.side_by_side_env(6, env)
-    assert "HNG_FUSED_MLP=0 and HNG_OBJECT_LINEAR=0" in note
-    assert env == {"HNG_FUSED_MLP": "0", "HNG_OBJECT_LINEAR": "0"}
-    env = {"HNG_FUSED_MLP": "1"}
-    assert "HNG_OBJECT_LINEAR=0 for" in reproduce.side_by_side_env(6, env)
-    assert env == {"HNG_FUSED_MLP": "1", "HNG_OBJECT_LINEAR": "0"}                      # the caller's choice kept
-    env = {"HNG_FUSED_MLP": "1", "HNG_OBJECT_LINEAR": "1"}
-    assert reproduce.side_by_side_env(6, env) is None
+    assert "HNG_KERNELS=0 for every step" in note and env == {"HNG_KERNELS": "0"}
+    env = {"HNG_KERNELS": "1"}
+    assert reproduce.side_by_side_env(6, env) is None and env == {"HNG_KERNELS": "1"}   # the caller's choice kept

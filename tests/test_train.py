@@ -114,79 +114,6 @@ def test_resume_is_exact_under_deterministic(tiny_data, tmp_path, capsys):
     assert kimgs == sorted(kimgs) and kimgs[-1] == 0.032         # the curves continue in the same file
 
 
-def test_deferred_d_step_trains_the_same_run(tiny_data, tmp_path, capsys):
-    """d_step_overlap (D's last update of a step applied at the start of the next, flushed at every tick): the same
-    run as without it, bit for bit (CPU, deterministic), with R1 steps (Dreg's update deferred) and ADA active; a
-    resume in the middle continues it."""
-    common = [*SMOKE, "--data", tiny_data, "--deterministic", "--aug", "ada", "--set", "ada_interval=2",
-              "--set", "d_reg_interval=3", "--set", "kimg_per_tick=0.016", "--kimg", "0.032"]
-    plain, deferred = tmp_path / "plain", tmp_path / "deferred"
-    assert cli(["--outdir", str(plain), *common], capsys)[0] == 0
-    code, out, err = cli(["--outdir", str(deferred), *common, "--set", "d_step_overlap=true"], capsys)
-    assert code == 0, err
-    a, b = _final_state(only_run_dir(plain)), _final_state(only_run_dir(deferred))
-    for key in ("G", "G_ema", "D"):
-        for name in a[key]:
-            torch.testing.assert_close(b[key][name], a[key][name], rtol=0, atol=0, msg=f"{key}.{name}")
-    sa, sb = a["step"]["opt_D"]["state"], b["step"]["opt_D"]["state"]
-    for i in sa:
-        for k in ("exp_avg", "exp_avg_sq", "step"):
-            torch.testing.assert_close(sb[i][k], sa[i][k], rtol=0, atol=0)
-
-
-def test_deferred_d_step_waits_for_the_next_gmain_or_a_flush(tiny_data):
-    from training.config import resolve_config
-    from training.phases import TrainStep
-    from training.training_loop import build_networks
-    cfg = resolve_config("smoke", ["d_step_overlap=true", "d_reg_interval=3"], {"data": tiny_data})
-    nets = build_networks(cfg, 32, torch.device("cpu"))
-    step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
-                     torch.Generator().manual_seed(0))
-    assert step.d_stream is None and not step.d_pending
-    reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8)
-    d0 = [p.detach().clone() for p in nets.D.parameters()]
-    step(reals, 1)                                         # no R1: Dmain's update is deferred
-    assert step.d_pending
-    assert all(torch.equal(p, q) for p, q in zip(nets.D.parameters(), d0))   # D untouched so far
-    g = [p.grad.clone() for p in nets.D.parameters() if p.grad is not None]
-    state = step.state_dict()                              # saving applies it first
-    assert not step.d_pending and state["opt_D"]["state"]
-    assert any(not torch.equal(p, q) for p, q in zip(nets.D.parameters(), d0))
-    assert all(torch.equal(p.grad, q) for p, q in zip((p for p in nets.D.parameters() if p.grad is not None), g))
-    step.flush()                                           # nothing pending: no second update
-    d1 = [p.detach().clone() for p in nets.D.parameters()]
-    step.flush()
-    assert all(torch.equal(p, q) for p, q in zip(nets.D.parameters(), d1))
-    step(reals, 3)                                         # an R1 step: Dmain updates now, Dreg's update waits
-    assert step.d_pending
-
-
-def test_deferred_d_step_does_not_read_the_grad_attributes(tiny_data):
-    """The deferred D update applies the gradients saved by the phase that deferred it, whatever D's .grad holds
-    by then: a CUDA graph for another phase pattern (or an eager warm-up step) allocates .grad at other addresses,
-    so reading .grad there applied stale gradients (the t4_graph gate diverged on an H200, session 11)."""
-    from training.config import resolve_config
-    from training.phases import TrainStep
-    from training.training_loop import build_networks
-    cfg = resolve_config("smoke", ["d_step_overlap=true"], {"data": tiny_data})
-    reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8)
-    finals = []
-    for clobber in (False, True):
-        torch.manual_seed(0)
-        nets = build_networks(cfg, 32, torch.device("cpu"))
-        step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
-                         torch.Generator().manual_seed(0))
-        step(reals, 1)
-        assert step.d_pending
-        if clobber:
-            for p in nets.D.parameters():
-                p.grad = None if p.grad is None else torch.full_like(p.grad, float("nan"))
-        step.flush()
-        finals.append([p.detach().clone() for p in nets.D.parameters()])
-    for a, b in zip(*finals):
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
-
-
 def test_ticks_stay_on_the_kimg_grid_after_a_mid_tick_stop(tiny_data, tmp_path, capsys):
     """A run stopped mid-tick (here: an earlier, shorter --kimg) and continued ends its ticks at the same kimg
     as an uninterrupted run: 0.016 and 0.032, not 0.008 + 0.016."""
@@ -208,8 +135,7 @@ def test_resume_path_starts_new_run_dir(tiny_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_data", "unknown_preset", "unknown_key", "patch_gt_res", "corrupt_data",
-                                  "resume_nothing", "metrics_mlp_fused", "metrics_mlp_fused_no_metrics",
-                                  "metrics_detector_missing",
+                                  "resume_nothing", "bad_impl", "retired_key", "metrics_detector_missing",
                                   "patch_spacing_too_large"])
 def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -223,12 +149,9 @@ def test_bad_input_gives_one_paragraph_and_exit_1(case, tiny_data, tmp_path, cap
         "patch_gt_res": ["--cfg", "smoke", "--data", tiny_data, "--set", "patch_size=64"],
         "corrupt_data": ["--cfg", "smoke", "--data", str(corrupt)],
         "resume_nothing": ["--cfg", "smoke", "--data", tiny_data, "--resume", "auto"],
-        # The fused MLP for the snapshot metrics on a CPU: refused before any run directory exists.
-        "metrics_mlp_fused": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "fid1k_full", "--set",
-                              "metrics_mlp=fused"],
-        # Without metrics too: the per-tick empty-render probe renders on the metrics' path.
-        "metrics_mlp_fused_no_metrics": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "none", "--set",
-                                         "metrics_mlp=fused"],
+        "bad_impl": ["--cfg", "smoke", "--data", tiny_data, "--set", "impl=fast"],
+        # A key that only saved configs may still hold: new input naming it is an error.
+        "retired_key": ["--cfg", "smoke", "--data", tiny_data, "--set", "metrics_mlp=fused"],
         "metrics_detector_missing": ["--cfg", "smoke", "--data", tiny_data, "--metrics", "fid1k_full", "--set",
                                      f"metrics_detector={tmp_path / 'no-such-detector.pt'}"],
         # 16 x 16 windows of 32 x 32 images: at most 31 / 15 = 2.066 pixels between rays.
@@ -347,18 +270,18 @@ def test_divergence_warning_signs():
 
 
 
-def test_metrics_mlp_check_is_auto_by_default_and_leaves_the_rng_alone(monkeypatch):
-    from dnnlib.util import UserError
-    from training.config import resolve_config
-    from training.training_loop import check_metrics_mlp
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    cfg = resolve_config("smoke")
-    assert cfg.metrics_mlp == "auto"
-    rng = torch.get_rng_state()
-    assert check_metrics_mlp(cfg, torch.device("cpu")) == "torch"        # auto on a CPU: the PyTorch path
-    assert torch.equal(torch.get_rng_state(), rng)                        # the throwaway G did not draw
-    with pytest.raises(UserError, match=r"\(--set metrics_mlp=fused\) cannot run here.*--set metrics_mlp=auto"):
-        check_metrics_mlp(resolve_config("smoke", ["metrics_mlp=fused"]), torch.device("cpu"))
+def test_the_run_prints_one_backend_line_and_takes_impl(tiny_data, tmp_path, capsys):
+    code, out, err = cli(["--outdir", str(tmp_path), *SMOKE, "--data", tiny_data, "--kimg", "0.004", "--impl",
+                          "reference"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in out.splitlines() if ln.startswith("Backend:")]
+    assert lines == ["Backend: impl=reference on cpu (plain eager PyTorch)."]
+    assert json.loads((only_run_dir(tmp_path) / "training_options.json").read_text())["config"]["impl"] == \
+        "reference"
+    code, out, err = cli(["--outdir", str(tmp_path / "auto"), *SMOKE, "--data", tiny_data, "--kimg", "0.004"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in out.splitlines() if ln.startswith("Backend:")]
+    assert len(lines) == 1 and lines[0].startswith("Backend: impl=auto on cpu: eager step"), lines
 
 
 @pytest.mark.slow  # ~25 s on 2 cores: one FID-1k (1,000 smoke renders)
@@ -416,7 +339,7 @@ def test_frozen_g_warning_unit():
     assert frozen_g_warning(None, before, 5) is None                       # no earlier fingerprint
     assert frozen_g_warning(before, param_fingerprint(net), 0) is None     # no steps in the tick
     msg = frozen_g_warning(before, param_fingerprint(net), 5)
-    assert "none of G's 2 parameter tensors changed" in msg and "5 steps" in msg and "g_learns" in msg
+    assert "none of G's 2 parameter tensors changed" in msg and "5 steps" in msg and "README" in msg
     with torch.no_grad():
         net.bias[0] += 1e-3
     assert frozen_g_warning(before, param_fingerprint(net), 5) is None     # one tensor moved: G learns
@@ -495,32 +418,28 @@ def test_compiled_d_is_recompiled_when_its_parameters_are_frozen():
 
 
 def test_training_steps_on_the_fused_layers_equal_the_cublas_ones(tiny_data):
-    """Three full steps (Gmain, Dmain, lazy R1 at step 0) from the same state with G's MLP on the fused chain
-    (g_train_mlp=fused; on a CPU its op is the reference) and on the plain layers: the same G and D afterwards."""
+    """Three full steps (Gmain, Dmain, lazy R1 at step 0) from the same state with G's MLP on the fused chain (the
+    backend's g_layers=fused; on a CPU its op is the reference) and on the tuned cuBLAS layers (the same padded
+    GEMMs): the same G and D after. (The plain layers equal these in float64: tests/test_backend.py.)"""
+    from torch_utils import backend
     from training.config import resolve_config
-    from training.networks import hyper
     from training.phases import TrainStep
-    from training.training_loop import build_networks, configure_torch
-    old = hyper.linear_options()
+    from training.training_loop import build_networks
     finals = []
-    try:
-        for mode in ("torch", "fused"):
-            cfg = resolve_config("smoke", [f"g_train_mlp={mode}"], {"data": tiny_data})
-            configure_torch(cfg, torch.device("cpu"))
-            assert hyper.linear_options()["fused"] is (mode == "fused")
-            torch.manual_seed(0)
-            nets = build_networks(cfg, 32, torch.device("cpu"))
-            step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
-                             torch.Generator().manual_seed(0))
-            reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-            for i in range(3):
-                step(reals, i)
-            finals.append([p.detach().clone() for p in [*nets.G.parameters(), *nets.D.parameters()]])
-    finally:
-        hyper.set_linear_options(**old)
+    cfg = resolve_config("smoke", [], {"data": tiny_data})
+    for layers in ("tuned", "fused"):
+        torch.manual_seed(0)
+        nets = build_networks(cfg, 32, torch.device("cpu"))
+        step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
+                         torch.Generator().manual_seed(0), selection=backend.REFERENCE.replace(g_layers=layers))
+        reals = torch.randint(0, 256, [4, 3, 32, 32], dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        for i in range(3):
+            step(reals, i)
+        finals.append([p.detach().clone() for p in [*nets.G.parameters(), *nets.D.parameters()]])
     torch.manual_seed(0)
-    start = build_networks(resolve_config("smoke", [], {"data": tiny_data}), 32, torch.device("cpu"))
+    start = build_networks(cfg, 32, torch.device("cpu"))
     n_g = len(list(start.G.parameters()))
     assert sum(not torch.equal(a, b) for a, b in zip(finals[0][:n_g], start.G.parameters())) > n_g // 2   # G moved
-    for a, b in zip(*finals):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for other in finals[1:]:
+        for a, b in zip(finals[0], other):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

@@ -21,6 +21,7 @@ from dnnlib.util import UserError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPE_DIR = CONFIG_DIR / "recipes"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+IMPLS = ("auto", "reference")   # torch_utils/backend.py: the fast path where it runs | plain eager PyTorch
 AUG_MODES = ("fixed", "ada", "noaug")
 SYNTH_FAMILIES = ("cars", "planes", "chairs", "carla")
 
@@ -42,8 +43,8 @@ class TrainConfig:
     workers: int = 3                     # DataLoader worker processes
     deterministic: bool = False          # torch.use_deterministic_algorithms + workers 0
     precision: str = "auto"              # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA sm_75+, fp32 on CPU)
-    cuda_graphs: bool = True             # GPU: replay each phase pattern of the step as one CUDA graph (fast path)
-    data_on_gpu_gb: float = 2.0          # GPU + cuda_graphs: keep the reals on the GPU when they fit in this many GB
+    impl: str = "auto"                   # auto (the fast path where it runs) | reference (plain eager PyTorch): how
+                                         # every op is computed (torch_utils/backend.py); the same function either way
     # Generator (training/networks/generator.py).
     z_dim: int = 128
     w_dim: int = 128
@@ -72,25 +73,6 @@ class TrainConfig:
     d_conv_clamp: int = 256
     mbstd_group: int = 4
     mbstd_channels: int = 1
-    d_channels_last: bool = True         # GPU: run D's conv blocks in NHWC memory format
-    d_compile: bool = True               # GPU: torch.compile D for the first-order phases (R1 stays eager)
-    r1_channels_last: bool = True        # GPU: the R1 phase's (eager) D in NHWC too, when d_channels_last is on
-    d_fir: str = "auto"                  # D's [1, 3, 3, 1] downsampling filter: auto | pool | single | grouped |
-                                         # depthwise | triton
-    d_epilogue_split: bool = True        # D's 4x4 epilogue conv as one GEMM per kernel tap (split-K; same function)
-    d_epilogue_split_rows: int = 64      # ... only where that GEMM has at most this many rows (batch x 16; 0 = every
-                                         # call). H200, T4 setting: 1,036.6 img/s at 64 (Gmain, Dreg), 1,016.7 every
-                                         # call, 1,006.7 never; the split loses at Dmain's 128 rows
-    r1_fir: str = "triton"               # that filter in the (eager, twice-differentiated) R1 phase: one of d_fir's
-                                         # choices, or same (= d_fir). H200: triton Dreg 3.78 ms, depthwise 4.57; off a
-                                         # GPU (no Triton) triton computes as depthwise
-    g_compile: bool = True               # GPU: torch.compile G's patch render (mapping .. compositing)
-    g_gemm_tuning: bool = True           # G's per-object layers: split-K weight gradients, 8-aligned encoding and
-                                         # output (same function; false = one plain GEMM each, unpadded)
-    g_train_mlp: str = "auto"            # G's MLP in training: auto (fused Triton layers where object_linear runs:
-                                         # sm_80+ GPUs, fp16/bf16) | fused (always the fused chain) | torch (cuBLAS)
-    g_fakes_mlp: str = "auto"            # Dmain's no-grad fakes: auto (the fused forward-only render kernel where it
-                                         # runs, fp16) | fused (that or an error) | torch (G's training layers)
     # Augmentation (training/augment.py).
     aug: str = "fixed"                   # fixed (crop + x-flip at p) | ada (adaptive p) | noaug (crop only, p = 0)
     p: float | None = None               # augmentation probability; None = 0.5 for fixed, 0 for ada (initial value)
@@ -99,7 +81,6 @@ class TrainConfig:
     ada_interval: int = 4                # steps between ADA updates
     # Loss and optimisation.
     r1_gamma: float = 1.0
-    r1_fp32: bool = False                # run the R1 phase's D in fp32 whatever `precision` is
     d_reg_interval: int = 16             # lazy R1 every this many D steps (loss multiplied by it)
     g_reg_interval: int = 4              # only rescales G lr/beta2 (there is no G regulariser; the phase is dropped)
     g_lr: float = 0.0025
@@ -109,9 +90,6 @@ class TrainConfig:
     eps: float = 1e-8
     ema_kimg: float = 20.0               # EMA half-life
     ema_rampup: float = 0.05             # EMA half-life ramps up as ema_rampup * cur_nimg (0 = off)
-    ema_overlap: bool = True             # GPU: update G_ema on a side CUDA stream while Dmain runs (same result)
-    d_step_overlap: bool = False         # D's last optimiser step of each step runs at the start of the next, on a
-                                         # side CUDA stream while G renders (same updates; H200: 6 % slower)
     max_bad_steps: int = 100             # abort after this many consecutive steps with non-finite gradients
     max_frozen_ticks: int = 2            # abort after this many consecutive ticks in which G did not change (0: never)
     loss_scale_init: float = 32768.0     # fp16 only: initial dynamic loss scale
@@ -125,7 +103,6 @@ class TrainConfig:
     grid_seed: int = 0
     ray_chunk: int = 65536               # rays per chunk for full-resolution renders
     metrics: list = field(default_factory=list)
-    metrics_mlp: str = "auto"            # NeRF MLP of the metric renders: auto (fused kernel on sm_80+) | fused | torch
     metrics_detector: str = ""           # feature detector file of the snapshot metrics ("" = the official Inception)
     # Whole-object training (opt-in; training/patch_scale.py, configs/recipes/). The defaults are the reference.
     patch_scale_law: str = "fixed"       # fixed (full-resolution crops) | uniform | beta: the scale of D's patches
@@ -146,21 +123,8 @@ class TrainConfig:
                 raise UserError(msg)
         need(self.precision in PRECISIONS, f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}.")
         need(self.aug in AUG_MODES, f"aug '{self.aug}' is not one of {', '.join(AUG_MODES)}.")
-        from torch_utils.ops.fir import FIR_IMPLS
-        need(self.d_fir in FIR_IMPLS, f"d_fir '{self.d_fir}' is not one of {', '.join(FIR_IMPLS)} (the same filter, "
-             f"computed as average pools, one single-channel conv, a depthwise conv (grouped) or one with its "
-             f"derivatives written out (depthwise, triton: as Triton kernels); auto = pool).")
-        need(self.d_epilogue_split_rows >= 0, f"d_epilogue_split_rows must be >= 0 (0 = every call), got "
-             f"{self.d_epilogue_split_rows}.")
-        need(self.r1_fir == "same" or self.r1_fir in FIR_IMPLS,
-             f"r1_fir '{self.r1_fir}' is neither 'same' (= d_fir) nor one of {', '.join(FIR_IMPLS)}.")
-        from training.networks.generator import MLP_MODES
-        need(self.metrics_mlp in MLP_MODES, f"metrics_mlp '{self.metrics_mlp}' is not one of {', '.join(MLP_MODES)} "
-             f"(auto = the fused Triton MLP where it can run, else PyTorch; torch = always the PyTorch path).")
-        need(self.g_train_mlp in MLP_MODES, f"g_train_mlp '{self.g_train_mlp}' is not one of {', '.join(MLP_MODES)} "
-             f"(auto = G's fused Triton layers where they can run, else cuBLAS; torch = always cuBLAS).")
-        need(self.g_fakes_mlp in MLP_MODES, f"g_fakes_mlp '{self.g_fakes_mlp}' is not one of {', '.join(MLP_MODES)} "
-             f"(auto = the fused render kernel for Dmain's fakes where it can run; torch = G's training layers).")
+        need(self.impl in IMPLS, f"impl '{self.impl}' is not one of {', '.join(IMPLS)} (auto = the fast path where "
+             f"it runs; reference = plain eager PyTorch).")
         for name in ("batch", "gpus", "patch_size", "num_samples", "num_layers", "width", "synth_resolution",
                      "synth_count", "d_reg_interval", "g_reg_interval", "ada_interval", "grid_w", "grid_h",
                      "ray_chunk", "mbstd_group", "max_bad_steps", "z_dim", "w_dim", "rank"):
@@ -232,6 +196,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = drop_retired_keys(d, source="saved config")
         check_keys(d, source="saved config")
         return cls(**d)
 
@@ -286,6 +251,23 @@ def _field_types() -> dict[str, Any]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         out[f.name] = args[0] if len(args) == 1 else tp  # Optional[X] -> X (None is resolved in __post_init__)
     return out
+
+
+# Keys of earlier versions that chose how to compute the same function; the backend (`impl`) chooses now. A saved
+# config (training state, snapshot, training_options.json) that holds them still loads: they are dropped with one line.
+RETIRED_KEYS = ("cuda_graphs", "data_on_gpu_gb", "d_channels_last", "d_compile", "r1_channels_last", "d_fir",
+                "d_epilogue_split", "d_epilogue_split_rows", "r1_fir", "g_compile", "g_gemm_tuning", "g_train_mlp",
+                "g_fakes_mlp", "ema_overlap", "d_step_overlap", "metrics_mlp", "r1_fp32")
+
+
+def drop_retired_keys(d: dict[str, Any], source: str) -> dict[str, Any]:
+    """d without RETIRED_KEYS, printing one line that names those it held."""
+    retired = [k for k in d if k in RETIRED_KEYS]
+    if not retired:
+        return d
+    print(f"Note: {source} holds config keys that no longer exist; ignored: {', '.join(retired)} (implementation "
+          f"choices are the backend's now: impl=auto|reference).", flush=True)
+    return {k: v for k, v in d.items() if k not in RETIRED_KEYS}
 
 
 def check_keys(d: dict[str, Any], source: str) -> None:
@@ -394,7 +376,7 @@ def resolve_config(cfg: str | None = None, sets: list[str] | tuple[str, ...] = (
 
     `overrides` holds the explicit CLI flags; entries whose value is None are ignored.
     """
-    values: dict[str, Any] = dict(base or {})
+    values: dict[str, Any] = drop_retired_keys(dict(base or {}), source="the saved config")
     for name in [n.strip() for n in (cfg or "").split(",") if n.strip()]:
         values.update(load_preset(name))
     for item in sets:

@@ -69,7 +69,7 @@ class GraphedTrainStep:
         self.static_reals = None if cache is not None else torch.zeros([batch_gpu, *image_shape], dtype=torch.uint8,
                                                                       device=device)
         self.pool = torch.cuda.graph_pool_handle() if self.enabled else None
-        self.graphs: dict[tuple[bool, bool, bool], StepGraph] = {}
+        self.graphs: dict[tuple[bool, bool], StepGraph] = {}
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (precision, state_dict, read_bad_steps, optimisers, ...) is the wrapped step's.
@@ -82,9 +82,9 @@ class GraphedTrainStep:
         ada = cfg.aug == "ada" and self.step.augment_pipe is not None and (step_idx + 1) % cfg.ada_interval == 0
         return reg, ada
 
-    def graph_key(self, step_idx: int) -> tuple[bool, bool, bool]:
-        """The graph this step replays: its phase pattern and whether a deferred D update is pending before it."""
-        return (*self.pattern(step_idx), bool(getattr(self.step, "d_pending", False)))
+    def graph_key(self, step_idx: int) -> tuple[bool, bool]:
+        """The graph this step replays: its phase pattern."""
+        return self.pattern(step_idx)
 
     def _reals(self) -> torch.Tensor:
         return self.cache.gather(self.static_index) if self.cache is not None else self.static_reals
@@ -108,8 +108,6 @@ class GraphedTrainStep:
                               pool=self.pool, generators=generators)
             self.graphs[key] = graph
         graph()
-        if hasattr(self.step, "stepped"):      # a replay runs no Python: the step's host state after one step
-            self.step.stepped(step_idx)
 
 
 def device_index_batches(indices: Any, batch: int, device: torch.device | str, steps_per_upload: int = 512):
@@ -123,36 +121,27 @@ def device_index_batches(indices: Any, batch: int, device: torch.device | str, s
             yield row
 
 
+REALS_ON_GPU_GB = 2.0   # with CUDA graphs, reals up to this size stay on the GPU (uint8); larger sets stream
+
+
 def wrap_step_for_speed(step: Any, dataset: Any, cfg: Any, device: torch.device, sampler_indices: Any,
                         reals_iter_fn: Any) -> tuple[Any, Any, str]:
     """Choose the step path for a run: returns (step callable, batch iterator, one-line description).
 
-    GPU + cfg.cuda_graphs (and not deterministic): CUDA graphs, with the reals kept on the device when they fit in
-    cfg.data_on_gpu_gb (index batches from `sampler_indices`), else reals from `reals_iter_fn()` copied into a static
-    buffer. Otherwise the eager step with `reals_iter_fn()`.
+    Where the step's backend selection replays it as CUDA graphs (impl=auto on a GPU; not with --deterministic):
+    the reals kept on the device when they fit in REALS_ON_GPU_GB (index batches from `sampler_indices`), else reals
+    from `reals_iter_fn()` copied into a static buffer. Otherwise the eager step with `reals_iter_fn()`.
     """
-    d_desc = ""
-    if device.type == "cuda":
-        from training.networks import hyper
-        fused_fakes = getattr(getattr(step, "loss", None), "fakes_mlp", "") == "fused"
-        d_desc = (f", G render {'compiled' if cfg.g_compile else 'eager'} "
-                  f"({'tuned' if cfg.g_gemm_tuning else 'plain'} GEMMs"
-                  f"{', fused layers' if hyper.linear_options()['fused'] else ''}"
-                  f"{', fused-kernel fakes' if fused_fakes else ''}), "
-                  f"D {'compiled' if cfg.d_compile else 'eager'} "
-                  f"({'channels_last' if cfg.d_channels_last else 'NCHW'}"
-                  f"{'; R1 NCHW' if cfg.d_channels_last and not cfg.r1_channels_last else ''}"
-                  f"; R1 FIR {cfg.d_fir if cfg.r1_fir == 'same' else cfg.r1_fir})"
-                  f"{', G_ema on a side stream' if getattr(step, 'ema_stream', None) is not None else ''}")
-    if device.type != "cuda" or not cfg.cuda_graphs or cfg.deterministic:
-        why = "CPU" if device.type != "cuda" else ("deterministic" if cfg.deterministic else "cuda_graphs=false")
-        return step, reals_iter_fn(), f"eager step ({why}){d_desc}"
+    graphs = getattr(step, "selection", None) is not None and step.selection.step_graphs
+    if device.type != "cuda" or not graphs or cfg.deterministic:
+        why = "CPU" if device.type != "cuda" else ("deterministic" if cfg.deterministic else "impl=reference")
+        return step, reals_iter_fn(), f"eager step ({why})"
     nbytes = DeviceImageCache.estimate_bytes(dataset)
-    if 0 < nbytes <= cfg.data_on_gpu_gb * 2**30:
+    if 0 < nbytes <= REALS_ON_GPU_GB * 2**30:
         cache = DeviceImageCache(dataset, device)
         graphed = GraphedTrainStep(step, cfg.batch_gpu, tuple(dataset.image_shape), device, cache=cache)
         return graphed, device_index_batches(sampler_indices, cfg.batch_gpu, device), \
-            f"CUDA graphs, {nbytes / 2**20:.0f} MB of reals on the GPU{d_desc}"
+            f"CUDA graphs, {nbytes / 2**20:.0f} MB of reals on the GPU"
     graphed = GraphedTrainStep(step, cfg.batch_gpu, tuple(dataset.image_shape), device)
     return graphed, reals_iter_fn(), f"CUDA graphs, reals from the data loader ({nbytes / 2**30:.1f} GB > " \
-        f"data_on_gpu_gb={cfg.data_on_gpu_gb:g}){d_desc}"
+        f"{REALS_ON_GPU_GB:g} GB)"

@@ -2,20 +2,19 @@
 lazy-regularisation lr/beta rescaling, EMA of G, and a device-side gradient guard (fp16 loss scaling + non-finite
 counting) that never syncs with the host.
 
-Phases (the authors' training loop): Gmain softplus(-D(aug(G(z)))); Dmain softplus(D(aug(G(z)))) + softplus(-D(aug(x)));
-Dreg every `d_reg_interval` D steps: gamma/2 * ||dD(aug(x))/dx||^2 w.r.t. the full-resolution real before
-augmentation, times the interval. The empty Greg phase of the reference is dropped, its lr/beta scaling is kept.
+Phases (the authors' StyleGAN2-ADA-style loop): Gmain softplus(-D(aug(G(z)))); Dmain softplus(D(aug(G(z)))) +
+softplus(-D(aug(x))); Dreg every `d_reg_interval` D steps: gamma/2 * ||dD(aug(x))/dx||^2 w.r.t. the full-resolution
+real before augmentation, times the interval. The empty Greg phase of the reference is dropped, its lr/beta scaling is kept.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
-from torch_utils import training_stats
-from torch_utils.ops import fir
+from torch_utils import backend, training_stats
 
 
 def lazy_reg_hparams(lr: float, beta1: float, beta2: float, reg_interval: int | None) -> tuple[float, tuple[float, float]]:
@@ -185,9 +184,8 @@ class HyperNeRFGANLoss:
                  patch_size: int, r1_gamma: float, generator: torch.Generator | None = None,
                  g_dtype: torch.dtype | None = None, d_dtype: torch.dtype | None = None,
                  d_channels_last: bool = False, compile_d: bool = False, compile_g: bool = False,
-                 r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0, r1_channels_last: bool = True,
-                 fakes_mlp: str = "torch", r1_fir: str | None = None, patch_law=None,
-                 d_patch_cond: bool = False) -> None:
+                 r1_dtype: torch.dtype | None = None, max_spacing: float = 1.0, fakes_mlp: str = "torch",
+                 r1_fir: str | None = None, patch_law=None, d_patch_cond: bool = False) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         # Whole-object training (training/patch_scale.py): a PatchScaleLaw draws the windows of fakes and reals (None:
         # the reference path, windows drawn by G.sample_windows and the augment pipe); d_patch_cond: D is told each
@@ -201,9 +199,8 @@ class HyperNeRFGANLoss:
         self.d_dtype = d_dtype      # D mp_dtype (None = fp32)
         self.r1_dtype = r1_dtype    # D mp_dtype of the R1 phase (None = fp32)
         self.fakes_mlp = fakes_mlp  # 'fused': Dmain's no-grad fakes through the fused render kernel (resolved)
-        self.r1_fir = r1_fir        # D's FIR implementation in the R1 phase (None: the process-wide choice)
-        self.d_channels_last = d_channels_last
-        self.r1_channels_last = d_channels_last and r1_channels_last   # R1's eager D: NHWC only if D is
+        self.r1_fir = r1_fir        # D's FIR implementation in the R1 phase (None: the backend's first-order one)
+        self.d_channels_last = d_channels_last   # D's blocks in NHWC, in every phase
         # torch.compile'd D for the first-order phases (fuses bias/lrelu/gain/clamp around every conv). R1 needs a
         # double backward, which compiled graphs do not support, so dreg always runs the eager D (same parameters).
         self.D_first_order = CompiledWithFallback(D) if compile_d else D
@@ -225,7 +222,7 @@ class HyperNeRFGANLoss:
 
         Draw order from the generator: z, poses, windows, stratified offsets, density noise (the order G.forward
         would draw them in), so the result equals G(z, ..., generator=gen) exactly. mlp: 'fused' evaluates the NeRF
-        MLP with the fused forward-only kernel (the caller resolved it with `resolve_mlp`; no-grad renders only).
+        MLP with the fused forward-only kernel (where the backend chose it for Dmain's fakes; no-grad renders only).
         With a patch-scale law the windows come from it (same place in the draw order). return_windows: also return
         the windows ([n, 2] int64 or [n, 3] float32).
         """
@@ -244,7 +241,7 @@ class HyperNeRFGANLoss:
     def _render_eager(self, z: torch.Tensor, c2w: torch.Tensor, window: torch.Tensor, u: torch.Tensor | None,
                       noise: torch.Tensor | None, update_w_avg: bool, mlp: str = "torch") -> torch.Tensor:
         """G's perturbed patch render from pre-drawn randomness (a pure function of tensors, compilable)."""
-        extra = {"mlp": "fused"} if mlp == "fused" else {}
+        extra = {"mlp": mlp} if hasattr(self.G, "render_mlp") else {}     # G-like stand-ins have one MLP path
         with self._autocast():
             img = self.G(z, c2w, window=window, patch_size=self.patch_size, perturb=True,
                          update_w_avg=update_w_avg, randomness=(u, noise), **extra)
@@ -290,12 +287,12 @@ class HyperNeRFGANLoss:
               patch: torch.Tensor | None = None) -> torch.Tensor:
         """D logits of augmented patches [n, 3, P, P] -> [n, 1] fp32 (the compiled D unless R1 needs the eager one).
         patch: the window features of a scale-aware D (`cond`)."""
-        cond = {} if patch is None else {"patch": patch}
-        if double_backward:
-            extra = {"channels_last": True} if self.r1_channels_last else {}
-            return self.D(img, mp_dtype=self.r1_dtype, **extra, **cond).float()
         extra = {"channels_last": True} if self.d_channels_last else {}
-        return self.D_first_order(img, mp_dtype=self.d_dtype, **extra, **cond).float()
+        if patch is not None:
+            extra["patch"] = patch
+        if double_backward:
+            return self.D(img, mp_dtype=self.r1_dtype, **extra).float()
+        return self.D_first_order(img, mp_dtype=self.d_dtype, **extra).float()
 
     def run_D(self, img: torch.Tensor, double_backward: bool = False) -> torch.Tensor:
         """Augment (crops reals larger than P) and score. img: [n, 3, H, W] -> logits [n, 1] fp32."""
@@ -327,12 +324,9 @@ class HyperNeRFGANLoss:
         logits = self.score(pair_batches(a, b, group), patch=cond)                      # [2n, 1]
         return unpair_batches(logits, group)
 
-    def gmain(self, n: int, before_d: Callable[[], None] | None = None) -> torch.Tensor:
-        """Non-saturating G loss (mean over n fakes). before_d: called between G's render and D (the join of a
-        D update that ran meanwhile, TrainStep's d_step_overlap)."""
+    def gmain(self, n: int) -> torch.Tensor:
+        """Non-saturating G loss (mean over n fakes)."""
         fake, window = self.run_G(n, update_w_avg=True, return_windows=True)            # [n, 3, P, P]
-        if before_d is not None:
-            before_d()
         logits = self.score(self.augment(fake), patch=self.cond(window))                # [n, 1]
         loss = F.softplus(-logits)
         training_stats.report("Loss/scores/fake", logits)
@@ -358,10 +352,16 @@ class HyperNeRFGANLoss:
         training_stats.report("Loss/D/loss", loss)
         return loss.mean(), real_logits.detach().sign().sum()
 
+    def _r1_backend(self) -> contextlib.AbstractContextManager:
+        """The backend's selection with the R1 phase's FIR form (unchanged where r1_fir is None)."""
+        if self.r1_fir is None:
+            return contextlib.nullcontext()
+        return backend.use(backend.current().replace(fir=self.r1_fir))
+
     def dreg(self, real: torch.Tensor, gain: float) -> torch.Tensor:
         """Lazy R1: gain * gamma/2 * ||dD(aug(x))/dx||^2 w.r.t. the full-res real x [n, 3, H, W] (before augment)."""
         x = real.detach().requires_grad_(True)
-        with fir.using_fir_impl(self.r1_fir):                  # the forward picks the FIR's derivatives too
+        with self._r1_backend():                                # the forward picks the FIR's derivatives too
             patch, window = self.augment_real(x)
             logits = self.score(patch, double_backward=True, patch=self.cond(window))   # [n, 1]
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)               # [n, 3, H, W]

@@ -11,37 +11,11 @@ from typing import Callable
 
 import torch
 
+from torch_utils import backend
 from torch_utils import distributed as dist_utils
 from torch_utils import training_stats
 from training.config import TrainConfig
 from training.loss import GradGuard, HyperNeRFGANLoss, ema_beta, lazy_reg_hparams, make_optimizer, update_ema
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[str, torch.dtype | None]:
-    """'auto' -> fp16 on CUDA GPUs with fp16 tensor cores (sm_75+: T4 and newer), fp32 on CPU / older GPUs.
-
-    fp16 (with dynamic loss scaling for G and D) rather than bf16 on sm_80+: it is the T4's only 16-bit format, so
-    every GPU runs the same numerics, and it is the more accurate of the two here. Measured on an H100 against fp32
-    (bench/train_speed.py gates): G-gradient cosine 0.9998 for fp16 vs 0.992 for bf16. bf16 stays selectable.
-    Returns (name, 16-bit dtype or None).
-    """
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 5):
-            precision = "fp16"
-        else:
-            precision = "fp32"
-    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    return precision, dtype
-
-
-def fakes_mlp_path(cfg: TrainConfig, G: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> str:
-    """The NeRF MLP path of Dmain's no-grad fakes for cfg.g_fakes_mlp: 'fused' (the forward-only render kernel,
-    fp16) or 'torch'. auto: fused where the kernel runs and the step runs in fp16 (the kernel's dtype); fused: that
-    or a UserError saying why not."""
-    if cfg.g_fakes_mlp == "auto" and dtype != torch.float16:
-        return "torch"
-    from training.networks.generator import resolve_mlp
-    return resolve_mlp(G, cfg.g_fakes_mlp, device, grad_enabled=False, option="g_fakes_mlp={}")
 
 
 class TrainStep:
@@ -49,10 +23,12 @@ class TrainStep:
 
     def __init__(self, cfg: TrainConfig, G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module,
                  augment_pipe: torch.nn.Module | None, device: torch.device, generator: torch.Generator,
-                 world: int = 1) -> None:
+                 world: int = 1, selection: backend.Selection | None = None) -> None:
+        """selection: the backend's choices for this step (default: the current one)."""
         self.cfg, self.G, self.D, self.G_ema, self.augment_pipe = cfg, G, D, G_ema, augment_pipe
         self.device, self.generator, self.world = device, generator, world
-        self.precision, dtype = resolve_precision(cfg.precision, device)
+        self.selection = sel = selection if selection is not None else backend.current()
+        self.precision, dtype = backend.resolve_precision(cfg.precision, device)
         dynamic = self.precision == "fp16"
         self.G_params = [p for p in G.parameters() if p.requires_grad]
         self.D_params = [p for p in D.parameters() if p.requires_grad]
@@ -75,31 +51,17 @@ class TrainStep:
         patch_law = law_from_config(cfg, G.img_resolution, self.law_nimg)
         if patch_law is None and cfg.d_patch_cond:   # a scale-aware D with the reference crops: D needs the windows
             patch_law = PatchScaleLaw("fixed", G.img_resolution, cfg.patch_size, 0.0, 0.0, 0.0, self.law_nimg)
+        cuda = device.type == "cuda"
+        fakes_mlp = sel.fakes_mlp
+        if fakes_mlp == "fused":                    # where this G's MLP shape is one the render kernel covers
+            with backend.use(sel):
+                fakes_mlp = G.render_mlp(device) if hasattr(G, "render_mlp") else "torch"
         self.loss = HyperNeRFGANLoss(G, D, augment_pipe, cfg.patch_size, cfg.r1_gamma, generator=generator,
-                                     g_dtype=dtype, d_dtype=dtype,
-                                     d_channels_last=cfg.d_channels_last and device.type == "cuda",
-                                     r1_channels_last=cfg.r1_channels_last,
-                                     compile_d=cfg.d_compile and device.type == "cuda",
-                                     compile_g=cfg.g_compile and device.type == "cuda",
-                                     r1_dtype=None if cfg.r1_fp32 else dtype, max_spacing=cfg.patch_max_spacing,
-                                     fakes_mlp=fakes_mlp_path(cfg, G, device, dtype),
-                                     r1_fir=None if cfg.r1_fir == "same" else cfg.r1_fir,
-                                     patch_law=patch_law, d_patch_cond=cfg.d_patch_cond)
-        self.ema_stream = torch.cuda.Stream(device) if cfg.ema_overlap and device.type == "cuda" else None
-        # cfg.d_step_overlap: D's last optimiser step of a training step runs at the start of the next one, on a
-        # side stream while G renders Gmain's fakes (in line on CPU); `flush` applies it whenever D is read between
-        # steps. The same updates in the same order: G's render does not read D.
-        self.d_defer = bool(cfg.d_step_overlap)
-        self.d_pending: str | bool = False      # False, or the phase whose update waits: 'Dmain' or 'Dreg'
-        self.d_stream = torch.cuda.Stream(device) if self.d_defer and device.type == "cuda" else None
-        self.pending_found_inf = torch.zeros([], dtype=torch.float32, device=device)
-        # The deferred update's gradients, copied out of D's .grad: each phase sets .grad to None and backward
-        # allocates it anew, so a different CUDA graph (or an eager warm-up step) would find its own .grad tensors
-        # at other addresses than the ones the deferring step wrote. These buffers stay put for the whole run.
-        # Which parameters had a gradient is recorded per deferring phase (R1 leaves the last bias without one,
-        # and Adam skips such parameters): `d_pending` names the phase, so CUDA graphs are keyed by it too.
-        self.pending_grads = [torch.zeros_like(p) for p in self.D_params] if self.d_defer else []
-        self.pending_has_grad: dict[str, list[bool]] = {}
+                                     g_dtype=dtype, d_dtype=dtype, d_channels_last=sel.channels_last and cuda,
+                                     compile_d=sel.compile_d and cuda, compile_g=sel.compile_g and cuda,
+                                     r1_dtype=dtype, max_spacing=cfg.patch_max_spacing, fakes_mlp=fakes_mlp,
+                                     r1_fir=sel.r1_fir, patch_law=patch_law, d_patch_cond=cfg.d_patch_cond)
+        self.ema_stream = torch.cuda.Stream(device) if sel.ema_stream and cuda else None
         z = lambda dt=torch.int64: torch.zeros([], dtype=dt, device=device)  # noqa: E731
         self.cur_nimg = z()                      # images shown to D over all ranks
         self.bad_consec = z()                    # current run of consecutive steps with non-finite gradients
@@ -107,44 +69,14 @@ class TrainStep:
         self.bad_total = z()                     # all bad steps of the run
         self.ada_acc = torch.zeros([2], dtype=torch.float32, device=device)  # [sum sign(D(real)), count]
 
-    def _phase(self, loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, guard: GradGuard,
-               defer: str | None = None) -> torch.Tensor:
-        """Backward (scaled), all-reduce, unscale + check, optimiser step (D's, with defer: at the start of the next
-        step, `_start_pending_d`; defer names the phase). Returns `bad` (0-dim bool)."""
+    def _phase(self, loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, guard: GradGuard) -> torch.Tensor:
+        """Backward (scaled), all-reduce, unscale + check, optimiser step. Returns `bad` (0-dim bool)."""
         guard.scale_loss(loss).backward(inputs=params)
         dist_utils.all_reduce_grads(params)
         bad = guard.unscale_and_check()
-        if defer:
-            self.pending_found_inf.copy_(guard.found_inf)     # the skip flag travels with the deferred update
-            self.pending_has_grad[defer] = [p.grad is not None for p in params]
-            saved = [(buf, p.grad) for buf, p in zip(self.pending_grads, params) if p.grad is not None]
-            torch._foreach_copy_([buf for buf, _ in saved], [g for _, g in saved])
-            self.d_pending = defer
-            return bad
         guard.bind()
         opt.step()
         return bad
-
-    def _d_step_now(self, phase: str) -> None:
-        """The deferred D update: fused Adam reads the skip flag saved with it (fp16), then the gradients that the
-        phase which deferred it saved in `pending_grads` (the next D phase's zero_grad drops these aliases); the
-        parameters that phase left without a gradient have none now either."""
-        if self.guard_D.optimizer is not None:
-            self.opt_D.found_inf = self.pending_found_inf
-        for p, g, has in zip(self.D_params, self.pending_grads, self.pending_has_grad[phase]):
-            p.grad = g if has else None
-        self.opt_D.step()
-
-    def _start_pending_d(self, stream: torch.cuda.Stream | None) -> Callable[[], None]:
-        """Apply the D update deferred by the previous step (if any), on `stream` when given (it then runs while G
-        renders Gmain's fakes, which do not read D). Returns the join (the current stream waits for it), to be
-        called before anything reads D. Every tensor it touches is persistent (parameters, optimiser state,
-        `pending_grads`, `pending_found_inf`)."""
-        phase = self.d_pending
-        if not phase:
-            return lambda: None
-        self.d_pending = False
-        return self._on_side_stream(stream, lambda: self._d_step_now(phase))
 
     def _on_side_stream(self, stream: torch.cuda.Stream | None, work: Callable[[], None]) -> Callable[[], None]:
         """Run `work` now: in line without a stream, else on `stream` after the current stream's work so far (a CUDA
@@ -158,19 +90,9 @@ class TrainStep:
             work()
         return lambda: main.wait_stream(stream)
 
-    def flush(self) -> None:
-        """Apply a deferred D update now (cfg.d_step_overlap): call before anything reads D or its optimiser
-        between steps (snapshots, training states, metrics). A no-op when nothing is pending."""
-        self._start_pending_d(None)
-
     def is_reg_step(self, step_idx: int) -> bool:
         """Whether step `step_idx` runs the lazy R1 phase (CUDA graphs are keyed by it too)."""
         return self.cfg.r1_gamma > 0 and step_idx % self.cfg.d_reg_interval == 0    # lazy R1 every interval steps
-
-    def stepped(self, step_idx: int) -> None:
-        """Host-side state after step `step_idx`: a CUDA-graph replay runs no Python, so the caller reports it here.
-        With d_step_overlap the step's last D update waits: Dreg's on an R1 step, else Dmain's."""
-        self.d_pending = ("Dreg" if self.is_reg_step(step_idx) else "Dmain") if self.d_defer else False
 
     def gmain_phase(self, n: int) -> torch.Tensor:
         """Gmain: update G to fool D on n fresh fakes. Returns `bad` (0-dim bool).
@@ -178,12 +100,11 @@ class TrainStep:
         D's parameters do not require grad during this phase (as the reference toggles requires_grad per phase), so
         D's backward, compiled or not, computes only the input gradients that reach G, not D's weight gradients."""
         self.opt_G.zero_grad(set_to_none=True)
-        join_d = self._start_pending_d(self.d_stream)   # the previous step's D update, while G renders
         frozen = [p for p in self.D_params if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
         try:
-            bad = self._phase(self.loss.gmain(n, before_d=join_d), self.G_params, self.opt_G, self.guard_G)
+            bad = self._phase(self.loss.gmain(n), self.G_params, self.opt_G, self.guard_G)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -191,22 +112,19 @@ class TrainStep:
             dist_utils.all_reduce_mean_buffers(self.G)   # w_avg tracks the global batch on every rank
         return bad
 
-    def dmain_phase(self, real: torch.Tensor, defer: bool = False) -> torch.Tensor:
-        """Dmain: logistic loss on fresh fakes and the reals (real [b, 3, H, W] in [-1, 1]). Returns `bad`.
-        defer: leave D's optimiser step to the next step's Gmain (`flush` applies it earlier)."""
-        self.flush()
+    def dmain_phase(self, real: torch.Tensor) -> torch.Tensor:
+        """Dmain: logistic loss on fresh fakes and the reals (real [b, 3, H, W] in [-1, 1]). Returns `bad`."""
         self.opt_D.zero_grad(set_to_none=True)
         d_loss, sign_sum = self.loss.dmain(real)
-        bad = self._phase(d_loss, self.D_params, self.opt_D, self.guard_D, "Dmain" if defer else None)
+        bad = self._phase(d_loss, self.D_params, self.opt_D, self.guard_D)
         self.ada_acc.add_(torch.stack([sign_sum.float(), torch.full_like(sign_sum, real.shape[0]).float()]))
         return bad
 
-    def dreg_phase(self, real: torch.Tensor, defer: bool = False) -> torch.Tensor:
-        """Dreg: lazy R1 on the full-resolution reals, multiplied by the interval. Returns `bad` (defer: as Dmain)."""
-        self.flush()
+    def dreg_phase(self, real: torch.Tensor) -> torch.Tensor:
+        """Dreg: lazy R1 on the full-resolution reals, multiplied by the interval. Returns `bad`."""
         self.opt_D.zero_grad(set_to_none=True)
         reg = self.loss.dreg(real, gain=self.cfg.d_reg_interval)
-        return self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg, "Dreg" if defer else None)
+        return self._phase(reg, self.D_params, self.opt_D, self.guard_Dreg)
 
     def ema_phase(self) -> None:
         """Count this step's images, then move G_ema toward G (beta from the count; no host sync)."""
@@ -215,14 +133,19 @@ class TrainStep:
         update_ema(self.G_ema, self.G, ema_beta(cfg.batch, self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
 
     def _start_ema(self) -> Callable[[], None]:
-        """Run `ema_phase` now, on the side stream when there is one (cfg.ema_overlap on CUDA: it then overlaps
+        """Run `ema_phase` now, on the side stream when there is one (the backend's ema_stream: it then overlaps
         Dmain, a CUDA graph captures the fork and the join). Returns the join: the current stream waits for it.
         Every tensor the side stream uses is persistent or allocated on it, so the caching allocator cannot hand
         its memory to the main stream early."""
         return self._on_side_stream(self.ema_stream, self.ema_phase)
 
     def __call__(self, reals: torch.Tensor, step_idx: int) -> None:
-        """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0."""
+        """One step on this rank's reals (uint8 [batch_gpu, C, H, W] on device); step_idx counts from 0. The
+        networks' ops run on the step's backend selection."""
+        with backend.use(self.selection):
+            self._step(reals, step_idx)
+
+    def _step(self, reals: torch.Tensor, step_idx: int) -> None:
         cfg = self.cfg
         real = reals.to(torch.float32) / 127.5 - 1                                 # [b, 3, H, W] in [-1, 1]
         reg = self.is_reg_step(step_idx)
@@ -230,13 +153,12 @@ class TrainStep:
             self.law_nimg.copy_(self.cur_nimg)      # the annealing clock of this step (CUDA graphs replay the copy)
         bad = self.gmain_phase(real.shape[0])
         join_ema = self._start_ema()        # G_ema <- G while Dmain runs (Dmain and Dreg only read G)
-        bad = bad | self.dmain_phase(real, defer=self.d_defer and not reg)   # D's last update of the step may
-        if reg:                                                              # wait for the next Gmain
-            bad = bad | self.dreg_phase(real, defer=self.d_defer)
+        bad = bad | self.dmain_phase(real)
+        if reg:
+            bad = bad | self.dreg_phase(real)
 
         join_ema()
         self._count_bad(bad)
-        self.stepped(step_idx)
 
         # ADA: move p toward the target from the mean sign of D(real) over the last ada_interval steps (all ranks).
         if cfg.aug == "ada" and self.augment_pipe is not None and (step_idx + 1) % cfg.ada_interval == 0:
@@ -263,7 +185,6 @@ class TrainStep:
         return longest, total
 
     def state_dict(self) -> dict:
-        self.flush()
         return {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
                 "guard_G": self.guard_G.state_dict(), "guard_D": self.guard_D.state_dict(),
                 "guard_Dreg": self.guard_Dreg.state_dict(),
@@ -271,7 +192,6 @@ class TrainStep:
                 "bad_total": self.bad_total.cpu().clone(), "ada_acc": self.ada_acc.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.d_pending = False
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.guard_G.load_state_dict(state["guard_G"])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dnnlib.util import EasyDict, Logger, UserError, format_table
+from torch_utils import backend
 from torch_utils import distributed as dist_utils
 from torch_utils import training_stats
 from training import state as state_io
@@ -35,32 +36,20 @@ class TrainingDiverged(UserError):
 # Setup.
 
 def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
-    """Determinism, cuDNN and TF32 policy (TF32 off as in the reference: fp32 stays fp32); G's GEMM options, D's
-    FIR implementation and epilogue GEMM split (process-wide choices, each computing the same function)."""
+    """Determinism, cuDNN and TF32 policy (TF32 off as in the reference: fp32 stays fp32)."""
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    from torch_utils.ops.fir import set_fir_impl
-    from training.networks import hyper
-    hyper.set_linear_options(split_k=cfg.g_gemm_tuning, pad_inputs=cfg.g_gemm_tuning,
-                             fused=train_mlp_fused(cfg, device))
-    set_fir_impl(cfg.d_fir)
-    from training.networks.discriminator import set_conv_gemm_split
-    set_conv_gemm_split(cfg.d_epilogue_split, max_rows=cfg.d_epilogue_split_rows)
 
 
-def train_mlp_fused(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether G's MLP trains on the fused `object_linear` layers: cfg.g_train_mlp fused -> yes, torch -> no, auto
-    -> where the kernel runs on `device` in the run's 16-bit precision (sm_80+, triton, self-check passed)."""
-    if cfg.g_train_mlp != "auto":
-        return cfg.g_train_mlp == "fused"
-    from torch_utils.ops import object_linear
-    from training.phases import resolve_precision
-    _, dtype = resolve_precision(cfg.precision, device)
-    return dtype is not None and device.type == "cuda" and object_linear.available(device, dtype)
+def select_backend(cfg: TrainConfig, device: torch.device, quiet: bool = False) -> backend.Selection:
+    """The run's implementation choices (cfg.impl on `device` in the run's precision), made the process's current
+    ones; prints the backend's one line unless quiet."""
+    _, dtype = backend.resolve_precision(cfg.precision, device)
+    return backend.activate(backend.select(cfg.impl, device, dtype), quiet=quiet)
 
 
 def open_dataset(cfg: TrainConfig, rank: int = 0) -> tuple[Any, dict]:
@@ -123,6 +112,7 @@ def setup_run(cfg: TrainConfig, run_dir: Path, device: torch.device, rank: int =
     `data` is an already opened (dataset, training_set_kwargs) pair from open_dataset, or None to open it here.
     """
     configure_torch(cfg, device)
+    select_backend(cfg, device, quiet=rank != 0)
     training_stats.default_collector.reset()
     dataset, set_kwargs = data if data is not None else open_dataset(cfg, rank)
     nets = build_networks(cfg, set_kwargs["resolution"], device)
@@ -180,7 +170,7 @@ def save_fakes_grid(run: EasyDict, path: Path) -> None:
     from training.video import save_image_grid
     images = []
     for z, c2w in zip(run.grid_z.split(run.cfg.batch_gpu), run.grid_c2w.split(run.cfg.batch_gpu)):
-        images.append(run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk).float().cpu())       # [b, 3, H, W]
+        images.append(run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, mlp="torch").float().cpu())   # [b, 3, H, W]
     save_image_grid(torch.cat(images), path, grid=(run.cfg.grid_w, run.cfg.grid_h))
 
 
@@ -230,17 +220,6 @@ def save_checkpoints(run: EasyDict, snapshot: bool = True) -> None:
     state_io.save_training_state(run.run_dir / f"training-state-{name}.pt", state)
 
 
-def check_metrics_mlp(cfg: TrainConfig, device: torch.device, G: torch.nn.Module | None = None) -> str:
-    """The NeRF MLP path ('fused' / 'torch') of the snapshot metrics' renders for cfg.metrics_mlp, or a UserError
-    where metrics_mlp=fused cannot run. G: the run's G_ema (default: a throwaway one built from cfg on the CPU, since
-    the kernel's support depends only on the MLP's shape and on `device`)."""
-    from training.networks.generator import Generator, resolve_mlp
-    if G is None:
-        with torch.random.fork_rng(devices=[]):       # its weight init must not move the global RNG
-            G = Generator(**cfg.G_kwargs(cfg.synth_spec_resolution() or cfg.synth_resolution))
-    return resolve_mlp(G, cfg.metrics_mlp, device, grad_enabled=False, option="--set metrics_mlp={}")
-
-
 def run_metrics(run: EasyDict) -> dict:
     """Evaluate cfg.metrics on G_ema for the snapshot just written (rank 0)."""
     from metrics.metric_main import evaluate_snapshot_metrics
@@ -250,7 +229,7 @@ def run_metrics(run: EasyDict) -> dict:
     name = f"network-snapshot-{state_io.snapshot_name(run.cur_nimg)}.pkl"
     results = evaluate_snapshot_metrics(run.cfg.metrics, run.G_ema, run.metric_dataset, run.device, run.run_dir, name,
                                         kimg=run.cur_nimg / 1000, seed=run.cfg.seed, ray_chunk=run.cfg.ray_chunk,
-                                        mlp=run.cfg.metrics_mlp, detector=run.cfg.metrics_detector or None)
+                                        detector=run.cfg.metrics_detector or None)
     out = {}
     for metric, record in results.items():
         for key, value in record.get("results", {}).items():
@@ -340,7 +319,7 @@ def probe_opacity(run: EasyDict, return_images: bool = False) -> torch.Tensor | 
     noise): [<= EMPTY_PROBES] fp32 on the CPU. Costs a few full renders per tick (on the metrics' MLP path).
     return_images: also the renders [<= EMPTY_PROBES, 3, H, W] (on the device)."""
     z, c2w = run.grid_z[:EMPTY_PROBES], run.grid_c2w[:EMPTY_PROBES]
-    img, aux = run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, return_aux=True, mlp=run.cfg.metrics_mlp)
+    img, aux = run.G_ema(z, c2w, ray_chunk=run.cfg.ray_chunk, return_aux=True)
     opacity = aux["opacity"].float().flatten(1).mean(dim=1).cpu()
     return (opacity, img) if return_images else opacity
 
@@ -421,8 +400,8 @@ def frozen_g_warning(before: torch.Tensor | None, after: torch.Tensor, steps: in
     why = "zero gradients or skipped optimiser steps" if name == "G" else "its EMA update does not run"
     return (f"Warning: none of {name}'s {after.numel()} parameter tensors changed during this tick ({steps} steps): "
             f"{name} is not learning ({why}; FID stays at its first value). This is a bug or a broken GPU setup, "
-            f"not a training dynamic: stop the run and check it with `python bench/train_speed.py --sections gates` "
-            f"(gate g_learns).")
+            f"not a training dynamic: stop the run and check the setup as the README's known issues describe (the "
+            f"GPU tests, or --set impl=reference).")
 
 
 def maintenance(run: EasyDict, done: bool) -> None:
@@ -470,8 +449,8 @@ def maintenance(run: EasyDict, done: bool) -> None:
         raise TrainingDiverged(
             f"Training stopped: G did not change in {run.frozen_ticks} consecutive ticks (max_frozen_ticks = "
             f"{run.cfg.max_frozen_ticks}) at kimg {run.cur_nimg / 1000:.3f}, so more steps would not train it. This "
-            f"is a bug or a broken GPU setup: check `python bench/train_speed.py --sections gates` (gate g_learns), "
-            f"or try --precision fp32. --set max_frozen_ticks=0 trains on regardless.")
+            f"is a bug or a broken GPU setup: check it as the README's known issues describe, or try --set "
+            f"impl=reference or --precision fp32. --set max_frozen_ticks=0 trains on regardless.")
     dist_utils.barrier()
     run.tick_start_nimg = run.cur_nimg
     run.tick_start_time = time.time()
@@ -514,9 +493,6 @@ def train(run: EasyDict) -> None:
         run.cur_nimg += cfg.batch
         done = run.cur_nimg >= total_nimg
         tick_end = done or run.cur_nimg >= next_tick_end(run.tick_start_nimg, cfg.kimg_per_tick)
-        if tick_end or run.stop_signal is not None:
-            getattr(run.step, "flush", lambda: None)()   # a deferred D update (d_step_overlap) lands before D is
-                                                          # saved or read
         if run.stop_signal is not None:
             save_checkpoints(run, snapshot=False)
             if run.rank == 0:
@@ -546,10 +522,6 @@ def training_loop(cfg: TrainConfig, run_dir: str | os.PathLike, device: torch.de
                   f"({len(run.dataset)} items), {world} process(es), precision {run.step.precision}, "
                   f"{run.step_path}, starting at "
                   f"kimg {run.cur_nimg / 1000:.3f}.", flush=True)
-            if cfg.metrics:      # metrics_mlp=fused fails now (UserError) rather than at the first snapshot
-                mlp = check_metrics_mlp(cfg, device, run.G_ema)
-                print(f"Metrics render with the {'fused Triton' if mlp == 'fused' else 'PyTorch'} NeRF MLP "
-                      f"(metrics_mlp={cfg.metrics_mlp}).", flush=True)
         old_handlers = _install_signal_handlers(run)
         try:
             train(run)

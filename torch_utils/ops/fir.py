@@ -1,18 +1,18 @@
 """FIR filtering with optional 2x downsampling (the StyleGAN2 [1, 3, 3, 1] resampling filter), in pure PyTorch.
 
-`fir2d` is the fast op: one depthwise `F.conv2d` (works under torch.compile, in CUDA graphs and with double
-backward, since every piece is a native differentiable op). `fir2d_reference` computes the same thing as an explicit
-sum of shifted slices; tests check that the two agree. Both compute a correlation with zero padding, which equals
-the convolution of upfirdn2d for the symmetric filters used here.
+`fir2d` computes it in the form the backend picks (average pools, a depthwise conv with explicit derivatives, or
+Triton kernels; all work under torch.compile, in CUDA graphs and with double backward). `fir2d_reference` computes
+the same thing as an explicit sum of shifted slices; tests check that every form agrees with it. All compute a
+correlation with zero padding, which equals the convolution of upfirdn2d for the symmetric filters used here.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from torch_utils import backend
 from torch_utils.ops import fir_kernel
 
 
@@ -25,82 +25,55 @@ def make_fir_filter(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
     return f / f.sum()
 
 
-FIR_IMPLS = ("auto", "pool", "single", "grouped", "depthwise", "triton")
-_fir_impl = "auto"
+FIR_IMPLS = ("pool", "depthwise", "triton", "reference")
 _BINOMIAL4 = torch.tensor([[1.0, 3.0, 3.0, 1.0]]).T @ torch.tensor([[1.0, 3.0, 3.0, 1.0]]) / 64.0
 
 
-def set_fir_impl(impl: str) -> None:
-    """Choose how `fir2d` runs: 'auto' (default), 'pool', 'single' or 'grouped'. All compute the same function.
-
-    'grouped' is one depthwise conv (groups=C); its double backward (needed by R1) is evaluated by PyTorch as a loop
-    over the C groups, which measured ~150 ms per R1 step on an H100 at 512 channels. 'single' folds the channels
-    into the batch axis and runs one single-channel conv, whose derivatives are plain convolutions (but it needs
-    NCHW, so cuDNN converts layouts around it). 'pool' applies the [1, 3, 3, 1] binomial filter as three 2x2 average
-    pools ([1, 3, 3, 1] / 8 = [1, 1] / 2 * [1, 1] / 2 * [1, 1] / 2): memory-bound kernels in any memory format,
-    twice differentiable (except eager on CUDA in channels_last, where fir2d uses 'depthwise': `pool_grad_is_wrong`).
-    'depthwise' is the grouped conv with its derivatives written out (`_FirDepthwise`): the
-    gradient of the filter is the transposed depthwise conv and the gradient of that is the filter again, so the R1
-    double backward runs one depthwise conv or transposed conv per FIR (no per-group loop, any memory format).
-    'triton' is 'depthwise' with both directions as the memory-bound Triton kernels of `fir_kernel` (the binomial
-    filter on CUDA, or under TRITON_INTERPRET=1; 'depthwise' elsewhere, and the 'pool' form inside torch.compile,
-    where inductor fuses the pools into its own kernels). 'auto' uses 'pool' for that filter and 'single' for any
-    other.
-    """
-    global _fir_impl
-    if impl not in FIR_IMPLS:
-        raise ValueError(f"unknown FIR implementation {impl!r}; choose from {FIR_IMPLS}")
-    _fir_impl = impl
-
-
-@contextlib.contextmanager
-def using_fir_impl(impl: str | None) -> Iterator[None]:
-    """`set_fir_impl(impl)` inside the block, the previous choice after it (None: leave the choice alone). Only the
-    forward calls inside matter: each records its own derivatives in the autograd graph."""
-    global _fir_impl
-    if impl is None:
-        yield
-        return
-    old = _fir_impl
-    set_fir_impl(impl)
-    try:
-        yield
-    finally:
-        _fir_impl = old
-
-
-def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomial: bool | None = None) -> torch.Tensor:
+def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomial: bool | None = None,
+          impl: str | None = None) -> torch.Tensor:
     """Zero-pad every side by `padding`, filter each channel with f [k, k], keep every `down`-th sample.
 
     x: [N, C, H, W] -> [N, C, (H + 2 * padding - k) // down + 1, ...].
     binomial: whether f is the [1, 3, 3, 1] filter (None = check f, which reads it on the host: callers on a hot
     path, e.g. inside CUDA graph capture, pass it).
+    impl (None = the backend's `fir`; the R1 phase runs under its `r1_fir`), every one the same function:
+      'pool'       the binomial filter as three 2x2 average pools ([1, 3, 3, 1] / 8 = [1, 1] / 2 * [1, 1] / 2 *
+                   [1, 1] / 2): memory-bound kernels that inductor fuses into its own under torch.compile. Other
+                   filters, and eager CUDA channels_last inputs (`pool_grad_is_wrong`), take 'depthwise'.
+      'depthwise'  one depthwise conv with its derivatives written out (`_FirDepthwise`): the gradient of the filter
+                   is the transposed depthwise conv and the gradient of that is the filter again, so R1's double
+                   backward runs one conv per FIR (PyTorch's own double backward of a grouped conv loops over the
+                   groups: ~150 ms per R1 step on an H100 at 512 channels).
+      'triton'     'depthwise' with both directions as the memory-bound Triton kernels of `fir_kernel` (the
+                   binomial filter on CUDA, or under Triton's CPU interpreter; 'pool' inside torch.compile).
+      'reference'  `fir2d_reference`, a sum of shifted slices.
     """
     N, C, H, W = x.shape
     k = f.shape[-1]
     if binomial is None:
         binomial = _is_binomial4(f)
-    impl = _fir_impl
-    if impl == "pool" or (impl == "auto" and binomial) or \
-            (impl == "triton" and binomial and torch.compiler.is_compiling()):
-        if not pool_grad_is_wrong(x, padding):
+    if impl is None:
+        impl = backend.current().fir
+    elif impl not in FIR_IMPLS:
+        raise ValueError(f"unknown FIR implementation {impl!r}; choose from {FIR_IMPLS}")
+    if impl == "reference":
+        return fir2d_reference(x, f, padding, down)
+    if impl == "triton" and torch.compiler.is_compiling():
+        impl = "pool"
+    if impl == "pool":
+        if binomial and not pool_grad_is_wrong(x, padding):
             return _fir2d_pool(x, padding, down)
         impl = "depthwise"                      # the same function, with derivatives that are right in NHWC
     weight = f.to(dtype=x.dtype, device=x.device).reshape(1, 1, k, k)                  # [1, 1, k, k]
-    if impl in ("depthwise", "triton"):
-        kernel = impl == "triton" and binomial and fir_kernel.usable(x)
-        return _FirDepthwise.apply(x, weight.expand(C, 1, k, k), padding, down, kernel)
-    if impl == "grouped":
-        return F.conv2d(x, weight.expand(C, 1, k, k), stride=down, padding=padding, groups=C)
-    y = F.conv2d(x.reshape(N * C, 1, H, W), weight, stride=down, padding=padding)       # [N*C, 1, h, w]
-    return y.reshape(N, C, y.shape[-2], y.shape[-1])
+    kernel = impl == "triton" and binomial and fir_kernel.runs_on(x)
+    return _FirDepthwise.apply(x, weight.expand(C, 1, k, k), padding, down, kernel)
 
 
 def pool_grad_is_wrong(x: torch.Tensor, padding: int) -> bool:
     """Whether the 'pool' form would get x's gradient wrong: eager CUDA avg_pool2d's backward ignores the padding
     for channels_last inputs (pytorch/pytorch#188344; torch 2.11 on an H200 gave rel. error 0.92 for this filter,
     the forward was right). fir2d then runs 'depthwise' instead. Under torch.compile inductor lowers the pools'
-    backward itself (bench gate t4_d_grads checks the compiled D's gradients)."""
+    backward itself (tests/gpu checks the compiled D's gradients)."""
     return x.device.type == "cuda" and padding > 0 and not torch.compiler.is_compiling() and fir_kernel.is_nhwc(x)
 
 

@@ -4,10 +4,11 @@
 gradient of L, a transposed filter). Each output element gathers its 16 taps from the input with the input's own
 strides, so NCHW and NHWC (channels_last) tensors are read in place and the output keeps the input's memory format;
 elements are numbered in the output's memory order, so neighbouring threads touch neighbouring addresses. fir.py
-wraps both in autograd Functions whose derivatives are each other (config d_fir / r1_fir = 'triton').
+wraps both in autograd Functions whose derivatives are each other (its 'triton' form, which the backend picks for
+the R1 phase where the kernels pass a launch check).
 
 Why: in the R1 phase's double backward cuDNN runs the depthwise form of this filter with a grouped direct kernel
-that took ~50 us per call at 512 channels and 32 x 32 (H200, session 10), for a few MB of memory traffic.
+that took ~50 us per call at 512 channels and 32 x 32 (H200), for a few MB of memory traffic.
 CUDA tensors (fp16, bf16, fp32, fp64), or CPU tensors under TRITON_INTERPRET=1 (the tests); `runs_on` tells which.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 
 import torch
 
-from torch_utils.ops.fused_mlp import _interpreting, probe_kernel
+from torch_utils.ops.triton_support import interpreting
 
 try:  # Optional dependency: CPU-only installs and CI have no triton.
     import triton
@@ -35,38 +36,7 @@ def is_nhwc(x: torch.Tensor) -> bool:
 
 def runs_on(x: torch.Tensor) -> bool:
     """Whether the kernels can take x (triton present; CUDA, or the CPU interpreter; a supported dtype)."""
-    return triton is not None and x.dtype in _DTYPES and (x.is_cuda or _interpreting())
-
-
-_WORKS: dict = {}   # (device index, dtype) -> whether the kernels compiled and launched there
-
-
-def usable(x: torch.Tensor) -> bool:
-    """`runs_on(x)`, and on a GPU also whether the kernels compile and launch there: checked
-    once per device and dtype on a tiny tensor (`fused_mlp.probe_kernel`, any compute capability), with a warning
-    when they do not (Triton without a C compiler for its launcher, or a GPU that Triton does not support); the
-    callers (fir2d's 'triton' form) then compute the filter as a depthwise conv."""
-    if not runs_on(x):
-        return False
-    if not x.is_cuda:
-        return True
-    if (x.device.index, x.dtype) not in _WORKS and torch.cuda.is_current_stream_capturing():
-        return False            # not checked yet and no launch may fail inside a capture: the same filter, depthwise
-    return probe_kernel(x.device, x.dtype, _WORKS, None, _check, "Triton FIR kernels", "a depthwise conv",
-                        dtypes=_DTYPES, min_capability=(0, 0))
-
-
-def _check(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
-    """Both kernels launched once on a tiny tensor: (ok, why not)."""
-    try:
-        fir_adjoint(fir_down(_probe_input(device, dtype), 1, 2), 1, 2, (4, 4))
-    except Exception as exc:  # noqa: BLE001 - any compiler or launcher failure
-        return False, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-    return True, ""
-
-
-def _probe_input(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(1, 1, 4, 4, device=device, dtype=dtype)
+    return triton is not None and x.dtype in _DTYPES and (x.is_cuda or interpreting())
 
 
 if triton is not None:

@@ -33,27 +33,26 @@ runtime loop (pipeline=True, the default) that Triton software-pipelines: the ne
 with cp.async into a num_stages-deep shared-memory ring while the current layer's dot runs (checked in the PTX for
 sm_80 / sm_90; tests compile both variants ahead of time). On sm_90, tl.dot becomes wgmma; on sm_80, mma.sync.
 GPUs before sm_80 (T4 = sm_75): Triton 3.5 has no tensor-core dot there (it emits FMA loops and takes minutes to
-compile), so `available()` is False and callers keep the PyTorch path; `fused_evaluate` still computes the right
-result there in fp16 if called directly.
+compile), so the backend (torch_utils/backend.py) keeps the PyTorch path there; `fused_evaluate` still computes
+the right result in fp16 if called directly.
 
 CUDA graphs: everything `fused_evaluate` does is capturable once the kernel is compiled and the encoding row index
-is cached for the device, i.e. after one call outside capture (call `available(device)` outside capture too).
+is cached for the device, i.e. after one call outside capture (the backend's self-check runs before any capture).
 
 `reference_evaluate` is the same function in plain PyTorch with the kernel's rounding (fp32 encoding -> dtype,
-products of dtype values accumulated in fp32, fp32 bias + relu, cast to dtype between layers), for tests.
-Importing this module never needs triton; without it `available()` is False and `fused_evaluate` raises.
+products of dtype values accumulated in fp32, fp32 bias + relu, cast to dtype between layers), for tests and for
+`self_check`, which the backend runs once per GPU and dtype. Importing this module never needs triton; without it
+`fused_evaluate` raises.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import subprocess
-import sys
-import warnings
-from pathlib import Path
 
 import torch
+
+from torch_utils.ops.encoding import positional_encoding
+from torch_utils.ops.triton_support import interpreting, next_pow2
 
 try:  # Optional dependency: CPU-only installs and CI have no triton.
     import triton
@@ -74,13 +73,9 @@ LayerWeights = list[tuple[torch.Tensor, torch.Tensor]]
 # ----------------------------------------------------------------------------------------------------------------------
 # Configuration helpers.
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def pe_half_width(multires: int) -> int:
     """Columns of each of the kernel's two encoding tiles: room for 3 L arguments and the 3 raw coordinates."""
-    return max(16, _next_pow2(3 * multires + 2))
+    return max(16, next_pow2(3 * multires + 2))
 
 
 def mlp_config(nerf_mlp) -> dict:
@@ -140,8 +135,6 @@ def reference_evaluate(weights: LayerWeights, pts: torch.Tensor, num_layers: int
     wide accumulation (exact products, computed here by upcasting the rounded operands), adds the bias in fp32, and
     the hidden relu output is cast to `dtype`. With dtype=torch.float32 this is plain fp32 NeRFMLP.evaluate.
     """
-    from training.rendering.volume import positional_encoding
-
     wide = torch.promote_types(pts.dtype, torch.float32)
     if len(weights) != num_layers + 1:
         raise ValueError(f"expected {num_layers + 1} layers of weights, got {len(weights)}")
@@ -413,24 +406,17 @@ if triton is not None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Python API.
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-MIN_CAPABILITY = (8, 0)      # Triton 3.5 lowers tl.dot to FMA loops (no tensor cores) before sm_80: see available().
-
-
 def default_launch(device: torch.device) -> dict:
     """Launch parameters of `fused_evaluate`: block_n (points per program), num_warps, pipeline (runtime loop over the
     plain hidden layers, whose weight tiles Triton then prefetches with cp.async into a num_stages-deep shared-memory
     ring; else every layer unrolled with synchronous loads) and num_stages.
 
-    Chosen from measurements on sm_90 (session 7, one H200, driver 580.159.04, triton 3.6.0,
+    Chosen from measurements on sm_90 (one H200, driver 580.159.04, triton 3.6.0,
     docs/bench/bench-h200-2026-12-01-s7.json). `bench/fused_mlp_faults.py`: every launch with 64 points on 4 warps
     (pipelined or not, 1 or 2 stages) and 128 on 8 warps reads shared memory out of bounds in a hidden layer's
     `tl.dot` there; 64 on 8 warps and 32 or 16 on 4 warps are correct. Of those, 64 on 8 warps renders fastest: 2,381
     T4-setting images/s against 1,932 for 32 on 4 warps (`bench/train_speed.py --sections render`, batch 64). The self
-    check (`available()`) still guards every new machine and falls back to the torch MLP.
+    check (`self_check`, run by the backend) still guards every new machine, which then keeps the torch MLP.
     """
     return dict(block_n=64, num_warps=8, pipeline=True, num_stages=2)
 
@@ -449,7 +435,7 @@ def fused_evaluate(weights: LayerWeights | PackedMLP, pts: torch.Tensor, num_lay
     _check_no_grad(weights, pts, "fused_evaluate")
     if triton is None:
         raise RuntimeError("fused_evaluate needs triton (pip install triton)")
-    if not (pts.is_cuda or _interpreting()):
+    if not (pts.is_cuda or interpreting()):
         raise RuntimeError("fused_evaluate needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
     if pts.ndim != 3 or pts.shape[-1] != 3:
         raise ValueError(f"pts must be [B, N, 3], got {tuple(pts.shape)}")
@@ -523,12 +509,10 @@ def random_weights(B: int, num_layers: int = 4, width: int = 128, multires: int 
     return weights
 
 
-_AVAILABLE: dict[tuple, bool] = {}
-
-
-def _self_check(device: torch.device, dtype: torch.dtype) -> bool:
-    """The default 4-layer configuration and a 3-layer one with a skip (both layer loops and the skip layer), on a
-    ragged point count, against the reference with the same rounding (a relative error ~1e-4 is expected)."""
+def self_check(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernel matches `reference_evaluate` (same rounding; a relative error ~1e-4 is expected) on the
+    default 4-layer configuration and a 3-layer one with a skip (both layer loops and the skip layer), on a ragged
+    point count. The backend runs it once per GPU and dtype, in a child process."""
     gen = torch.Generator().manual_seed(0)
     for num_layers, skip_after in ((4, 4), (3, 0)):
         weights = random_weights(2, num_layers=num_layers, skip_after=skip_after, device=device, generator=gen)
@@ -543,85 +527,3 @@ def _self_check(device: torch.device, dtype: torch.dtype) -> bool:
         if not err < 5e-3:
             return False
     return True
-
-
-# The self-check runs in a child process: a kernel that faults (an illegal memory access, as one H200 showed under
-# NVIDIA MPS in session 5) leaves the CUDA context of its process unusable, so a check in the caller's process could
-# not fall back to the PyTorch path. The child prints one line that starts with this marker.
-_CHILD_MARK = "FUSED_MLP_SELF_CHECK"
-_CHILD_CODE = (
-    "import sys, torch\n"
-    "from torch_utils.ops import fused_mlp as fm\n"
-    "dev, dt = torch.device('cuda', int(sys.argv[1])), getattr(torch, sys.argv[2])\n"
-    "ok = fm._self_check(dev, dt)\n"
-    "torch.cuda.synchronize(dev)\n"
-    f"print('{_CHILD_MARK}', 'ok' if ok else 'mismatch', flush=True)\n")
-SELF_CHECK_TIMEOUT_S = 900   # first compilation of both configurations; seconds on sm_80 / sm_90
-
-
-def _self_check_isolated(device: torch.device, dtype: torch.dtype, code: str = _CHILD_CODE,
-                         mark: str = _CHILD_MARK) -> tuple[bool, str]:
-    """`code` (default: `_self_check`) in a fresh Python process on the same GPU: (passed, reason when not); the
-    child prints a last line `mark ok` or `mark mismatch`. Never raises."""
-    root = str(Path(__file__).resolve().parents[2])   # the repository root: torch_utils is importable from there
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    argv = [sys.executable, "-c", code, str(device.index or 0), str(dtype).removeprefix("torch.")]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root, timeout=SELF_CHECK_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return False, f"the self-check process did not finish ({type(exc).__name__}: {exc})"
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(mark)]
-    if proc.returncode == 0 and lines and lines[-1].split()[-1] == "ok":
-        return True, ""
-    if proc.returncode == 0 and lines:
-        return False, "its result differs from the reference"
-    tail = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()][-1:] or ["no output"]
-    return False, f"the self-check process failed (exit status {proc.returncode}): {tail[0][:300]}"
-
-
-def probe_kernel(device, dtype: torch.dtype, cache: dict, env_var: str | None, check, what: str, fallback: str,
-                 dtypes: tuple = KERNEL_DTYPES, min_capability: tuple[int, int] = MIN_CAPABILITY) -> bool:
-    """Whether a Triton kernel of this package should run on `device` in `dtype` (shared by this module's
-    `available`, object_linear's and fir_kernel's `usable`): False when the environment sets `env_var`=0, without
-    CUDA or triton, for a dtype outside `dtypes` or below `min_capability` (by default KERNEL_DTYPES and
-    MIN_CAPABILITY: before sm_80 Triton 3.5 emits FMA loops instead of tensor cores, after minutes of compiling:
-    measured ahead of time for sm_75, not timed on a T4); otherwise the answer of `check(device, dtype) -> (ok,
-    why)`, run once per device and dtype and cached in `cache` under (device index, dtype) (call it outside CUDA
-    graph capture). Never raises; a failed check warns with the reason and `fallback` (the path used instead)."""
-    try:
-        device = torch.device(device)
-        if env_var is not None and os.environ.get(env_var, "").strip() == "0":
-            return False
-        if device.type != "cuda" or triton is None or dtype not in dtypes or not torch.cuda.is_available():
-            return False
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        key = (device.index, dtype)
-        if key not in cache:
-            try:
-                ok = torch.cuda.get_device_capability(device) >= min_capability
-                if ok:
-                    ok, why = check(device, dtype)
-                    if not ok:
-                        warnings.warn(f"{what} self-check on {device} ({dtype}): {why}; using {fallback}")
-            except Exception as exc:  # compile errors, launch errors, ...
-                warnings.warn(f"{what} unavailable on {device} ({dtype}): {type(exc).__name__}: {exc}")
-                ok = False
-            cache[key] = ok
-        return cache[key]
-    except Exception:
-        return False
-
-
-def available(device, dtype: torch.dtype = torch.float16) -> bool:
-    """True when the fused kernel should be used on `device` in `dtype`: a CUDA device of compute capability >= 8.0
-    (on a T4, sm_75, Triton 3.5 has no tensor-core dots, so the cuBLAS-based PyTorch path is expected to be faster),
-    triton importable, and a tiny self-check against `reference_evaluate` passed (compiled and run once per device
-    and dtype in a child process, so that a faulting kernel cannot break this process's CUDA context; the answer is
-    cached for the process; call it outside CUDA-graph capture). Never raises; a failed check warns with the reason.
-    Other configurations (depth, skip) compile on their first `fused_evaluate` call.
-
-    HNG_FUSED_MLP=0 in the environment answers False without the self-check: under NVIDIA MPS a faulting kernel in
-    any client (the self-check's child too) breaks every client of the server, i.e. every run side by side."""
-    return probe_kernel(device, dtype, _AVAILABLE, "HNG_FUSED_MLP", _self_check_isolated, "fused MLP",
-                        "the PyTorch path")

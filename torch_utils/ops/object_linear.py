@@ -18,9 +18,8 @@ reaches the fp16 gradient guard.
 `object_linear` is a torch custom op (`torch.ops.hypernerf.object_linear`), opaque to torch.compile and
 capturable in CUDA graphs once compiled. On CUDA tensors it launches the Triton kernel (fp16 / bf16 inputs and at
 most MAX_COLUMNS outputs; fp32 stays on cuBLAS, whose fp32 does not use TF32 here); elsewhere it is `reference`
-(or the kernel under TRITON_INTERPRET=1, for tests). `available(device)` says whether training should use it:
-sm_80+ (on a T4, sm_75, Triton has no tensor-core dot), triton importable, and a self-check in a child process
-passed.
+(or the kernel under TRITON_INTERPRET=1, for tests). Whether training uses it is the backend's choice
+(torch_utils/backend.py: sm_80+, triton importable, and `self_check` passed in a child process).
 """
 from __future__ import annotations
 
@@ -36,7 +35,8 @@ except Exception:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-from torch_utils.ops.fused_mlp import KERNEL_DTYPES, _interpreting, _next_pow2  # the two kernels' shared rules
+from torch_utils.ops.fused_mlp import KERNEL_DTYPES
+from torch_utils.ops.triton_support import interpreting, next_pow2
 
 MAX_COLUMNS = 256           # output columns of one program (wider layers take the reference path)
 
@@ -59,13 +59,13 @@ def reference(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], ma
 def default_launch(K: int, C: int, masked: bool = False) -> dict:
     """Launch parameters for a [*, K] @ [K, C] layer: block_m points per program, the whole output width in one
     block (C <= 256), K in block_k steps. From the sweep of `bench/micro_object_linear.py --sweep` on an H200
-    (session 9, 4 x 32768 points, fp16): the forward 128 x 128 layer takes 26-34 us over the grid (64 points, K in
+    (4 x 32768 points, fp16): the forward 128 x 128 layer takes 26-34 us over the grid (64 points, K in
     64-steps, 8 warps, 2 stages: 26.3 us), the masked input gradient 32-62 us (64 points, K in 128-steps, 4 warps:
     32.2 us, against 47.9 us for cuBLAS's bmm + relu's backward)."""
-    block_c = max(16, _next_pow2(C))
+    block_c = max(16, next_pow2(C))
     if masked:
-        return dict(block_m=64, block_k=min(128, max(16, _next_pow2(K))), num_warps=4, num_stages=2)
-    return dict(block_m=64 if block_c <= 128 else 32, block_k=min(64, max(16, _next_pow2(K))),
+        return dict(block_m=64, block_k=min(128, max(16, next_pow2(K))), num_warps=4, num_stages=2)
+    return dict(block_m=64 if block_c <= 128 else 32, block_k=min(64, max(16, next_pow2(K))),
                 num_warps=8 if block_c >= 64 else 4, num_stages=2)
 
 
@@ -142,7 +142,7 @@ def launch(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], mask:
             x.stride(0), x.stride(1), x.stride(2), w.stride(0), w.stride(1), w.stride(2),
             m.stride(0), m.stride(1), m.stride(2),
             HAS_BIAS=bias is not None, RELU=bool(relu), HAS_MASK=mask is not None,
-            BLOCK_M=block_m, BLOCK_C=max(16, _next_pow2(C)), BLOCK_K=block_k,
+            BLOCK_M=block_m, BLOCK_C=max(16, next_pow2(C)), BLOCK_K=block_k,
             num_warps=num_warps or p["num_warps"], num_stages=num_stages or p["num_stages"])
     return y
 
@@ -151,7 +151,7 @@ def launch(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], mask:
 def object_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], mask: Optional[torch.Tensor],
                   relu: bool) -> torch.Tensor:
     """epilogue(x[b] @ w[b]) per object -> [B, N, C] in x's dtype (see the module docstring)."""
-    kernel = (x.is_cuda and x.dtype in KERNEL_DTYPES) or (_interpreting() and triton is not None)
+    kernel = (x.is_cuda and x.dtype in KERNEL_DTYPES) or (interpreting() and triton is not None)
     if kernel and w.shape[-1] <= MAX_COLUMNS:
         return launch(x, w, bias, mask, relu)
     _check(x, w, bias, mask)
@@ -161,12 +161,6 @@ def object_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]
 @object_linear.register_fake
 def _(x, w, bias, mask, relu):
     return x.new_empty([x.shape[0], x.shape[1], w.shape[2]])
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Whether training should use the kernel on a device.
-
-_AVAILABLE: dict[tuple, bool] = {}
 
 
 def self_check(device: torch.device, dtype: torch.dtype) -> float:
@@ -185,24 +179,3 @@ def self_check(device: torch.device, dtype: torch.dtype) -> float:
         want = reference(x, w, b, m, relu).float()
         worst = max(worst, ((got - want).norm() / want.norm().clamp_min(1e-12)).item())
     return worst
-
-
-_CHILD_MARK = "OBJECT_LINEAR_SELF_CHECK"
-_CHILD_CODE = (
-    "import sys, torch\n"
-    "from torch_utils.ops import object_linear as ol\n"
-    "dev, dt = torch.device('cuda', int(sys.argv[1])), getattr(torch, sys.argv[2])\n"
-    "err = ol.self_check(dev, dt)\n"
-    "torch.cuda.synchronize(dev)\n"
-    f"print('{_CHILD_MARK}', 'ok' if err < 1e-2 else 'mismatch', flush=True)\n")
-
-
-def available(device, dtype: torch.dtype = torch.float16) -> bool:
-    """True when G's training layers should run on the kernel on `device` in `dtype`: CUDA, compute capability >=
-    8.0, triton importable, and `self_check` passed in a child process (a faulting kernel cannot break this
-    process's CUDA context); cached per device and dtype. HNG_OBJECT_LINEAR=0 answers False. Never raises."""
-    from torch_utils.ops.fused_mlp import _self_check_isolated, probe_kernel
-
-    def check(dev: torch.device, dt: torch.dtype) -> tuple[bool, str]:
-        return _self_check_isolated(dev, dt, code=_CHILD_CODE, mark=_CHILD_MARK)
-    return probe_kernel(device, dtype, _AVAILABLE, "HNG_OBJECT_LINEAR", check, "object_linear kernel", "cuBLAS")

@@ -20,6 +20,7 @@ from torch import nn
 
 from dnnlib.util import UserError
 from torch_utils.layers import SQRT2, FullyConnectedLayer
+from torch_utils.ops.conv_gemm import conv_as_gemm
 from torch_utils.ops.fir import downsample_padding, fir2d, is_binomial4, make_fir_filter
 from torch_utils.persistence import persistent_class
 
@@ -61,7 +62,7 @@ class Conv2dLayer(nn.Module):
         """x [N, C_in, H, W] -> [N, C_out, H / down, W / down] in x's dtype."""
         w = (self.weight * self.weight_gain).to(x.dtype)  # [C_out, C_in, k, k]
         if self.as_gemm:
-            x = conv_as_gemm(x, w, split_taps=split_epilogue(x.shape[0] * x.shape[2] * x.shape[3]))
+            x = conv_as_gemm(x, w)
         elif self.down == 1:
             x = F.conv2d(x, w, padding=self.kernel_size // 2)
         elif self.kernel_size == 1:
@@ -84,44 +85,6 @@ class Conv2dLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, act={self.activation}, "
                 f"down={self.down}, clamp={self.conv_clamp}")
-
-
-_gemm_options = {"split_taps": False, "max_rows": 0}
-
-
-def set_conv_gemm_split(split_taps: bool, max_rows: int = 0) -> tuple[bool, int]:
-    """How `conv_as_gemm` runs D's epilogue conv (the same function either way): split by taps, and with
-    max_rows > 0 only where the GEMM has at most that many rows (N * H * W). Returns the previous choice."""
-    if max_rows < 0:
-        raise ValueError(f"max_rows must be >= 0, got {max_rows}")
-    old = (_gemm_options["split_taps"], _gemm_options["max_rows"])
-    _gemm_options["split_taps"], _gemm_options["max_rows"] = bool(split_taps), int(max_rows)
-    return old
-
-
-def split_epilogue(rows: int) -> bool:
-    """Whether the epilogue conv's GEMM with `rows` rows runs split by taps under the current choice. A plain int
-    comparison on the shape, so torch.compile specialises on it like on the shape itself."""
-    if _gemm_options["max_rows"] > 0:
-        return _gemm_options["split_taps"] and rows <= _gemm_options["max_rows"]
-    return _gemm_options["split_taps"]
-
-
-def conv_as_gemm(x: torch.Tensor, w: torch.Tensor, split_taps: bool = False) -> torch.Tensor:
-    """Stride-1 'same' conv as unfold + GEMM: x [N, C, H, W], w [O, C, k, k] -> [N, O, H, W].
-
-    split_taps: one GEMM per kernel tap (k * k GEMMs of inner size C, batched, then summed) instead of one GEMM of
-    inner size C k^2. At batch 4 the single GEMM of D's 4x4 epilogue conv ([N*16 = 64 rows, K = 513 * 9 = 4,617])
-    leaves most of the GPU idle while it walks its long inner axis; split by taps it is a split-K GEMM.
-    """
-    N, C, H, W = x.shape
-    O, k = w.shape[0], w.shape[-1]
-    cols = F.unfold(x, k, padding=k // 2)                                               # [N, C*k*k, H*W]
-    if not split_taps:
-        return torch.matmul(w.reshape(O, -1), cols).reshape(N, O, H, W)
-    taps = cols.view(N, C, k * k, H * W).permute(2, 1, 0, 3).reshape(k * k, C, N * H * W)  # [kk, C, N*HW]
-    per_tap = torch.bmm(w.reshape(O, C, k * k).permute(2, 0, 1), taps)                   # [kk, O, N*HW]
-    return per_tap.sum(0).view(O, N, H, W).transpose(0, 1)                               # [N, O, H, W]
 
 
 class DiscriminatorBlock(nn.Module):

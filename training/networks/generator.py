@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from dnnlib.util import UserError
+from torch_utils import backend
+from torch_utils.ops import fused_mlp as fm
 from torch_utils.persistence import persistent_class
 from training.networks.mapping import MappingNetwork
 from training.networks.nerf import NeRFMLP
@@ -18,42 +20,6 @@ from training.rendering.renderer import FieldFn, Randomness, draw_randomness, re
 from training.rendering.volume import density_activation
 
 Output = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
-
-# How a render evaluates the NeRF MLP (`Generator.mlp_path`): 'auto' = the fused Triton kernel where it can run (no
-# grad, CUDA sm_80+, a supported MLP shape), else the PyTorch path; 'fused' = the kernel or a UserError; 'torch' = the
-# PyTorch path always. generate.py / calc_metrics.py (--mlp) and the training metrics default to 'auto'.
-MLP_MODES = ("auto", "fused", "torch")
-
-
-def check_mlp_mode(mode: object) -> str:
-    """'auto' | 'fused' | 'torch' (any case) -> the lower-case mode; a UserError naming the choices otherwise."""
-    name = mode.strip().lower() if isinstance(mode, str) else None
-    if name not in MLP_MODES:
-        raise UserError(f"Unknown MLP path {mode!r}: use one of {', '.join(MLP_MODES)} (auto = the fused Triton "
-                        f"kernel where it can run, else the PyTorch path; torch = always the PyTorch path).")
-    return name
-
-
-def resolve_mlp(G: nn.Module, mode: str, device: torch.device | str | None = None,
-                grad_enabled: bool | None = None, option: str = "--mlp {}") -> str:
-    """The MLP path, 'fused' or 'torch', that a render of G on `device` takes for `mode` (see MLP_MODES).
-
-    Works for any generator-like module: one without `mlp_path` (e.g. a test stand-in) has only the PyTorch path,
-    so 'auto' gives 'torch' and 'fused' raises a UserError. grad_enabled and option as in `Generator.mlp_path`.
-    """
-    mode = check_mlp_mode(mode)
-    if hasattr(G, "mlp_path"):
-        return G.mlp_path(mode, device, grad_enabled=grad_enabled, option=option)
-    if mode == "fused":
-        raise UserError(f"The fused Triton MLP ({option.format('fused')}) cannot run here: {type(G).__name__} has no "
-                        f"fused MLP path. Use {option.format('auto')} or {option.format('torch')}.")
-    return "torch"
-
-
-def mlp_kwargs(G: nn.Module, path: str) -> dict:
-    """The synthesis keyword for the resolved MLP `path` ({} for generator-like modules without the choice)."""
-    return {"mlp": path} if hasattr(G, "mlp_path") else {}
-
 
 @persistent_class
 class Generator(nn.Module):
@@ -146,61 +112,20 @@ class Generator(nn.Module):
         if patch_size is not None and not 1 <= patch_size <= self.img_resolution:
             raise UserError(f"patch_size={patch_size} must lie in 1..img_resolution ({self.img_resolution}).")
 
-    def fused_mlp_blocker(self, device: torch.device | str | None = None,
-                          grad_enabled: bool | None = None) -> str | None:
-        """Why the fused Triton MLP (torch_utils/ops/fused_mlp.py) cannot evaluate this generator's MLP in a render
-        on `device` (default: G's), or None when it can. grad_enabled: whether autograd is on during that render
-        (default: as it is now); the kernel is forward-only. Never raises."""
-        from torch_utils.ops import fused_mlp as fm
+    @torch.compiler.disable   # a host-side decision: never traced
+    def render_mlp(self, device: torch.device | str | None = None) -> str:
+        """The NeRF MLP path, 'fused' or 'torch', that a no-grad render on `device` (default: G's) takes with
+        mlp=None: the backend's `render_mlp` there, where the fused kernel supports this MLP's shape."""
         device = self._device(None, device)
-        if torch.is_grad_enabled() if grad_enabled is None else grad_enabled:
-            return "autograd is on (the kernel is forward-only: render under torch.no_grad())"
-        if not fm.supported(self.nerf):
-            return (f"this generator's NeRF MLP (num_layers={self.num_layers}, width={self.width}, multires="
-                    f"{self.nerf.multires}) is outside the kernel's shapes (1-{fm.MAX_LAYERS} layers, a power-of-two "
-                    f"width 16-256, multires <= {fm.MAX_MULTIRES})")
-        no_triton = "triton is not installed (pip install triton; PyPI's CUDA torch wheels bring it)"
-        if device.type == "cpu" and fm._interpreting():     # Triton's CPU interpreter (TRITON_INTERPRET=1, tests)
-            return no_triton if fm.triton is None else None
-        if device.type != "cuda" or not torch.cuda.is_available():
-            return f"it needs a CUDA GPU of compute capability 8.0+ (sm_80+) and this render runs on {device}"
-        if fm.triton is None:
-            return no_triton
-        try:
-            cc = torch.cuda.get_device_capability(device)
-            if cc < fm.MIN_CAPABILITY:
-                return (f"{torch.cuda.get_device_name(device)} is sm_{cc[0]}{cc[1]}; the kernel needs sm_80+ "
-                        f"(tensor-core dots), e.g. an A100, H100 or H200")
-        except Exception as exc:  # pragma: no cover - a broken CUDA setup
-            return f"the GPU could not be queried ({type(exc).__name__}: {exc})"
-        if not fm.available(device):
-            return f"its one-time self-check on {device} failed (see the warning above)"
-        return None
-
-    @torch.compiler.disable   # a host-side decision (self-check subprocess, device query): never traced
-    def mlp_path(self, mode: str = "auto", device: torch.device | str | None = None,
-                 grad_enabled: bool | None = None, option: str = "--mlp {}") -> str:
-        """The MLP path, 'fused' or 'torch', of a render on `device` (default: G's) for `mode` in MLP_MODES.
-
-        'auto': 'fused' where `fused_mlp_blocker` finds nothing in the way, else 'torch'; 'torch': always 'torch';
-        'fused': 'fused', or a UserError saying why the kernel cannot run here. option: how the error names the
-        setting ('--mlp {}' for the command lines, 'metrics_mlp={}' for training).
-        """
-        mode = check_mlp_mode(mode)
-        if mode == "torch":
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        choice = backend.current()
+        if choice.render_mlp != "fused" or torch.device(choice.device) != device or not fm.supported(self.nerf):
             return "torch"
-        reason = self.fused_mlp_blocker(device, grad_enabled)
-        if reason is None:
-            return "fused"
-        if mode == "fused":
-            raise UserError(f"The fused Triton MLP ({option.format('fused')}) cannot run here: {reason}. Use "
-                            f"{option.format('auto')} (the fused kernel where it can run, else the PyTorch path) or "
-                            f"{option.format('torch')}.")
-        return "torch"
+        return "fused"
 
     def _fused_evaluator(self, weights: list):
-        """The fused Triton MLP (fp16) for these weights; the caller has checked `mlp_path` (-> 'fused')."""
-        from torch_utils.ops import fused_mlp as fm
+        """The fused Triton MLP (fp16) for these weights (forward only)."""
         cfg = fm.mlp_config(self.nerf)
         # Both calls stay eager inside a torch.compile'd render (training's no-grad fakes): Dynamo runs them as they
         # are instead of tracing the kernel launch; a CUDA graph records the launch like any other.
@@ -211,7 +136,7 @@ class Generator(nn.Module):
     def _field(self, w: torch.Tensor, fused: bool = False) -> FieldFn:
         """Build the per-object NeRF weights once; return field(pts [B, N, 3]) -> (rgb [B, N, 3], raw_sigma [B, N]).
 
-        fused: evaluate the MLP with the fused kernel (only after `mlp_path` returned 'fused')."""
+        fused: evaluate the MLP with the fused kernel (no-grad renders only)."""
         weights = self.nerf.build_weights(w)
         fused_fn = self._fused_evaluator(weights) if fused else None
 
@@ -221,32 +146,18 @@ class Generator(nn.Module):
             return torch.sigmoid(raw[..., :3]), raw[..., 3]
         return field
 
-    @staticmethod
-    def _mlp_mode(fused_mlp: bool, mlp: str | None) -> str:
-        """synthesis's MLP mode from its two keywords: `mlp` when given, else fused_mlp=True -> 'auto' (as before:
-        the kernel where it can run, silently the PyTorch path elsewhere), False -> 'torch'."""
-        if mlp is None:
-            return "auto" if fused_mlp else "torch"
-        mode = check_mlp_mode(mlp)
-        if fused_mlp and mode == "torch":
-            raise UserError("synthesis(fused_mlp=True, mlp='torch') contradicts itself: pass only mlp=...")
-        return mode
-
     def synthesis(self, w: torch.Tensor, c2w: torch.Tensor, window: torch.Tensor | None = None,
                   patch_size: int | None = None, perturb: bool = False, generator: torch.Generator | None = None,
                   ray_chunk: int | None = None, return_aux: bool = False,
-                  randomness: Randomness | None = None, fused_mlp: bool = False,
-                  mlp: str | None = None) -> Output:
+                  randomness: Randomness | None = None, mlp: str | None = None) -> Output:
         """Render w [B, w_dim] from c2w [B, 4, 4]: full images, or P x P windows [B, 2] (row0, col0).
 
         randomness: (perturb=True only) the draws from `sample_randomness`, instead of drawing from `generator`.
-        mlp: how to evaluate the NeRF MLP (MLP_MODES, `mlp_path`): 'auto' = the fused fp16 Triton kernel where it
-        can run (under torch.no_grad on a CUDA sm_80+ GPU, supported shapes), else the PyTorch path; 'fused' = the
-        kernel or a UserError; 'torch' = the PyTorch path. None (the default): fused_mlp=True -> 'auto', False (the
-        default) -> 'torch'; the library default stays the PyTorch path, while generate.py, calc_metrics.py and the
-        training metrics pass 'auto'. Measured on an H200 (docs/PERFORMANCE.md): 128x128, 4 layers, 32 samples,
-        2,594-2,679 renders/s fused vs 475/s bf16 autocast and 260/s fp32 on the PyTorch path (mean abs 2.2e-4 vs
-        fp32); 8 layers, 64 samples, 947/s vs 134/s bf16.
+        mlp: how to evaluate the NeRF MLP: None (default) = under torch.no_grad the path `render_mlp` names (the
+        backend's choice: the fused fp16 Triton kernel of torch_utils/ops/fused_mlp.py where it runs), with autograd
+        on the PyTorch path; 'fused' = the kernel (no grad only); 'torch' = the PyTorch path. Measured on an H200
+        (docs/PERFORMANCE.md): 128x128, 4 layers, 32 samples, 2,594-2,679 renders/s fused vs 475/s bf16 autocast and
+        260/s fp32 on the PyTorch path (mean abs 2.2e-4 vs fp32); 8 layers, 64 samples, 947/s vs 134/s bf16.
         ray_chunk: rays per field call over all B objects; None = DEFAULT_RAY_CHUNK for full images, one call for
         windows.
         Returns img [B, 3, h, w] in [-1, 1] (fp32), and with return_aux also dict(depth, opacity [B, 1, h, w]).
@@ -261,8 +172,11 @@ class Generator(nn.Module):
         c2w = c2w.to(device=w.device, dtype=w.dtype)
         if ray_chunk is None and window is None:
             ray_chunk = self.DEFAULT_RAY_CHUNK
-        path = "torch" if mlp is None and not fused_mlp else self.mlp_path(self._mlp_mode(fused_mlp, mlp), w.device)
-        field = self._field(w, fused=path == "fused")
+        if mlp is None:
+            mlp = "torch" if torch.is_grad_enabled() else self.render_mlp(w.device)
+        elif mlp not in ("fused", "torch"):
+            raise ValueError(f"mlp must be None, 'fused' or 'torch', got {mlp!r}")
+        field = self._field(w, fused=mlp == "fused")
         img, aux = render_image(field, c2w, self.img_resolution, window=window, patch_size=patch_size,
                                 near=self.near, far=self.far, num_samples=self.num_samples,
                                 perturb=perturb and self.perturb > 0,
@@ -279,7 +193,7 @@ class Generator(nn.Module):
         """z [B, z_dim] -> img [B, 3, h, w]; poses from the prior when c2w is None, windows drawn when only P given.
 
         randomness: pre-drawn renderer randomness (`sample_randomness`, perturb=True only); None draws it here.
-        mlp: the NeRF MLP path, as in `synthesis` (None: the PyTorch path).
+        mlp: the NeRF MLP path, as in `synthesis`.
         """
         w = self.mapping(z, psi=psi, update_w_avg=update_w_avg)
         if c2w is None:

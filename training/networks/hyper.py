@@ -1,8 +1,8 @@
 """Hypernetwork heads: per NeRF layer, an affine map w -> low-rank FMM factors -> that layer's per-object weights.
 
-FMM (REFERENCE.md §1.4): s = A(w) in R^{(c_in + c_out) r}; U = s[:c_out r] as [c_out, r] (row-major), V = the rest as
-[r, c_in]; W_b = W0 * (1 + U V / sqrt(r)); each output row divided by (||row||_2 + 1e-8). Built for all objects at once
-(batched over B) and always in fp32 (float64 stays float64), also under autocast.
+FMM (the authors' `fmm_modulate_linear_nerf`): s = A(w) in R^{(c_in + c_out) r}; U = s[:c_out r] as [c_out, r]
+(row-major), V = the rest as [r, c_in]; W_b = W0 * (1 + U V / sqrt(r)); each output row divided by (||row||_2 + 1e-8).
+Built for all objects at once (batched over B) and always in fp32 (float64 stays float64), also under autocast.
 """
 from __future__ import annotations
 
@@ -70,13 +70,17 @@ class HyperLinear(nn.Module):
         return weight.transpose(1, 2), self.bias.to(dtype)
 
     @staticmethod
-    def apply_weights(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """One batched GEMM over objects: x [B, N, c_in] @ weight^T [B, c_in, c_out] + bias -> [B, N, c_out]."""
+    def apply_weights(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, tuned: bool = True) -> torch.Tensor:
+        """One batched GEMM over objects: x [B, N, c_in] @ weight^T [B, c_in, c_out] + bias -> [B, N, c_out].
+        tuned: with `_PerObjectLinear`'s backward (split-K weight gradient, bias gradient as a GEMM); else a plain
+        baddbmm that autograd differentiates (the reference)."""
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight_t, bias = x.to(dtype), weight_t.to(dtype), bias.to(dtype)
         else:
             weight_t, bias = weight_t.to(x.dtype), bias.to(x.dtype)
+        if not tuned:
+            return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)                     # [B, N, c_out]
         return _PerObjectLinear.apply(x, weight_t, bias)
 
     def extra_repr(self) -> str:
@@ -119,42 +123,6 @@ def chunked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y if bias is None else y + bias
 
 
-LINEAR_FORWARDS = ("baddbmm", "bmm_add")
-_options = {"forward": "baddbmm", "split_k": True, "pad_inputs": True, "fused": False}
-
-
-def set_linear_options(forward: str | None = None, split_k: bool | None = None,
-                       pad_inputs: bool | None = None, fused: bool | None = None) -> dict:
-    """Choose how the per-object NeRF layers run (every choice computes the same function); returns the old options.
-
-    forward: 'baddbmm' (one GEMM that adds the bias; it materialises the bias broadcast first) or 'bmm_add' (GEMM,
-    then an out-of-place bias add; measured 17 % slower per training step than baddbmm at the T4 setting on an H200,
-    kept for measurements: `bench/train_speed.py --linear`). split_k: compute the weight gradient
-    x^T @ grad as partial GEMMs over chunks of points, summed in fp32 (one GEMM over N = 32768+ points runs on a few
-    dozen thread blocks). pad_inputs: pad the 63-wide encoding (and the skip layer's 191-wide input) to multiples of
-    8 and the 4-wide output layer to 8, with zero weights, so cuBLAS can use its aligned fp16 kernels.
-    fused: run the whole MLP as `fused_layers` (one `object_linear` kernel per layer with bias + relu in its
-    epilogue, relu's backward mask in the epilogue of the layer above's input-gradient GEMM); `forward` then does
-    not apply. Off by default; training turns it on where `object_linear.available` (sm_80+ GPUs).
-    """
-    old = dict(_options)
-    if forward is not None:
-        if forward not in LINEAR_FORWARDS:
-            raise ValueError(f"unknown forward {forward!r}; choose from {LINEAR_FORWARDS}")
-        _options["forward"] = forward
-    if split_k is not None:
-        _options["split_k"] = bool(split_k)
-    if pad_inputs is not None:
-        _options["pad_inputs"] = bool(pad_inputs)
-    if fused is not None:
-        _options["fused"] = bool(fused)
-    return old
-
-
-def linear_options() -> dict:
-    return dict(_options)
-
-
 def split_count(batch: int, n: int, target: int = 256, min_rows: int = 1024) -> int:
     """How many chunks of points the weight gradient is split into: a power of two dividing n, with chunks of at
     least `min_rows` points, aiming at about `target` partial GEMMs in all (1 = no split)."""
@@ -169,12 +137,12 @@ def weight_grad(x: torch.Tensor, grad: torch.Tensor, split: int | None = None) -
 
     c_in and c_out are padded to multiples of 8 (with odd sizes cuBLAS falls back to slow kernels: 0.44 ms instead of
     ~0.05 ms for a 63-input layer on an H100). split > 1: `split` partial GEMMs per object over chunks of N / split
-    points, summed in fp32 (float64 inputs in float64). split=None: `split_count` when the split_k option is on,
-    else 1.
+    points, summed in fp32 (float64 inputs in float64; one GEMM over N = 32768+ points runs on a few dozen thread
+    blocks). split=None: `split_count`.
     """
     B, N, c_in = x.shape
     if split is None:
-        split = split_count(B, N) if _options["split_k"] else 1
+        split = split_count(B, N)
     c_out = grad.shape[-1]
     xp = F.pad(x, [0, -c_in % 8]) if c_in % 8 else x                                  # [B, N, c_in8]
     gp = F.pad(grad, [0, -c_out % 8]) if c_out % 8 else grad                          # [B, N, c_out8]
@@ -189,16 +157,8 @@ def weight_grad(x: torch.Tensor, grad: torch.Tensor, split: int | None = None) -
 
 
 class _PerObjectLinear(torch.autograd.Function):
-    """y = x @ W^T + bias per object, with a backward tuned for tensor cores.
+    """y = x @ W^T + bias per object (one baddbmm), with a backward tuned for tensor cores.
 
-    * Forward (`set_linear_options(forward=...)`): baddbmm by default. A `bmm(x, W^T).add_(bias)` forward (in place,
-      to drop baddbmm's bias broadcast copies, 3.4 ms of the standard step in the H200 profile) was in the tree for
-      session 6's study, whose five GPU runs (fp16, CUDA graphs, compiled G) all kept G at its initial weights: G's
-      fp16 loss scale grew to 2^24 (no gradient ever overflowed) and every snapshot rendered `fakes_init.png` again.
-      It passed every CPU test, including compiled ones, and the study also ran on an MPS server a faulting kernel
-      had just broken, so the cause is not proven. 'bmm_add' is the out-of-place form (slower, see
-      `set_linear_options`); the GPU gate `g_learns`
-      (`python bench/train_speed.py --sections gates`) and the training loop's frozen-G check guard any change.
     * The shared bias gradient is a GEMM with a row of ones: autograd's reduction of grad [B, N, c_out] over (B, N)
       measured 5x slower on an H100 (0.12 vs 0.024 ms at B=4, N=32768, c_out=128).
     * The weight gradient is `weight_grad` (padded to multiples of 8; split over chunks of points).
@@ -209,8 +169,6 @@ class _PerObjectLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight_t)
         ctx.bias_dtype = bias.dtype
-        if _options["forward"] == "bmm_add":
-            return torch.bmm(x, weight_t) + bias.view(1, 1, -1)                          # [B, N, c_out]
         return torch.baddbmm(bias.view(1, 1, -1), x, weight_t)                          # [B, N, c_out]
 
     @staticmethod
@@ -269,7 +227,7 @@ class _FusedLayers(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         from torch_utils.ops.object_linear import object_linear
         if ctx.needs_input_grad[0]:
-            raise RuntimeError("fused_layers gives the encoding no gradient; use set_linear_options(fused=False)")
+            raise RuntimeError("fused_layers gives the encoding no gradient; use the per-layer path")
         n = ctx.n
         inputs, weights = ctx.saved_tensors[:n], ctx.saved_tensors[n:]
         grads: list[torch.Tensor | None] = [None] * (2 * n)

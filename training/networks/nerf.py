@@ -1,6 +1,6 @@
 """The target network: a view-independent NeRF MLP whose weights come from w through FMM hyper layers.
 
-Topology (REFERENCE.md §1.5-1.7): PE(xyz) (63) -> layer 0 (63 -> C) -> layers 1..L-1 (C -> C) -> output (C -> 4).
+Topology (the authors' target network): PE(xyz) (63) -> layer 0 (63 -> C) -> layers 1..L-1 (C -> C) -> output (C -> 4).
 Hidden layers are relu x sqrt(2); the output is linear. When the layer at list position skip_after + 1 exists
 (num_layers >= 6 for the default skip_after = 4), the hidden state after layer skip_after is replaced by [PE, h], so
 that layer takes 63 + C inputs (with num_layers = 5 the reference would crash; here that depth simply has no skip).
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_utils import backend
 from torch_utils.persistence import persistent_class
 from training.networks import hyper
 from training.networks.hyper import HyperLinear
@@ -59,13 +60,14 @@ class NeRFMLP(nn.Module):
     def evaluate(self, weights: LayerWeights, pts: torch.Tensor) -> torch.Tensor:
         """Apply the built weights to points [B, N, 3] -> raw [B, N, 4] (dtype of the last GEMM).
 
-        With `hyper.set_linear_options(pad_inputs=True)` the encoding is padded to a multiple of 8 columns and the
-        output layer to 8 outputs, with zero weights (the same function; aligned GEMMs)."""
+        The layers run as the backend's `g_layers` says (the same function): 'plain' one baddbmm per layer; 'tuned'
+        the encoding padded to a multiple of 8 columns and the output layer to 8 outputs with zero weights (aligned
+        GEMMs) and `hyper._PerObjectLinear`'s backward; 'fused' those padded layers as one `object_linear` kernel
+        each (`hyper.fused_layers`)."""
         pe = positional_encoding(pts, self.multires)                    # [B, N, 63]
         pe_dim = pe.shape[-1]
-        options = hyper.linear_options()
-        aligned = options["pad_inputs"]
-        pad = -pe_dim % 8 if aligned else 0
+        layers_impl = backend.current().g_layers
+        pad = -pe_dim % 8 if layers_impl != "plain" else 0
         if pad:
             pe = F.pad(pe, [0, pad])                                    # [B, N, 64]
         last = len(self.layers) - 1
@@ -75,18 +77,18 @@ class NeRFMLP(nn.Module):
                 weight_t = F.pad(weight_t, [0, 0, 0, pad])              # zero rows for the padded columns
             elif pad and self.uses_skip and i == self.skip_after + 1:
                 weight_t = torch.cat([F.pad(weight_t[:, :pe_dim], [0, 0, 0, pad]), weight_t[:, pe_dim:]], dim=1)
-            out_pad = -weight_t.shape[2] % 8 if aligned and i == last else 0
+            out_pad = -weight_t.shape[2] % 8 if layers_impl != "plain" and i == last else 0
             if out_pad:
                 weight_t, bias = F.pad(weight_t, [0, out_pad]), F.pad(bias, [0, out_pad])
             prepared.append((weight_t, bias))
-        if options["fused"]:
+        if layers_impl == "fused":
             dtype = torch.get_autocast_dtype(pe.device.type) if torch.is_autocast_enabled(pe.device.type) else pe.dtype
             layers = [(w.to(dtype), b.to(dtype)) for w, b in prepared]
             h = hyper.fused_layers(pe.to(dtype), layers, self.skip_after + 1 if self.uses_skip else -1)
         else:
             h = pe
             for i, (layer, (weight_t, bias)) in enumerate(zip(self.layers, prepared)):
-                h = layer.apply_weights(h, weight_t, bias)              # [B, N, c_out (+ out_pad)]
+                h = layer.apply_weights(h, weight_t, bias, tuned=layers_impl == "tuned")   # [B, N, c_out (+ pad)]
                 if i < last:
                     h = torch.relu(h)                                   # gain sqrt(2) lives in the next weight
                     if self.uses_skip and i == self.skip_after:

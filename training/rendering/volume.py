@@ -1,12 +1,14 @@
 """Volume-rendering maths as pure functions: sample depths, positional encoding, density activation, compositing.
 
-Reference behaviour: REFERENCE.md §1.5 (encoding), §1.7 (density/colour heads), §2.4 (sampling), §2.5 (compositing).
+The encoding lives in torch_utils/ops/encoding.py (the fused MLP kernel builds the same one) and is re-exported here.
 Every random draw takes an explicit torch.Generator (None = global RNG) and happens on the given device.
 Density activation, transmittance and the weighted sums run in at least fp32 whatever the input dtype.
 """
 from __future__ import annotations
 
 import torch
+
+from torch_utils.ops.encoding import encoding_dim, positional_encoding  # noqa: F401 - part of this API
 
 FAR_DELTA = 1e10          # Length of the last interval (the reference's "infinite" last sample).
 TRANSMITTANCE_EPS = 1e-10  # T_k = prod_{j<k} (1 - alpha_j + eps), as in the reference.
@@ -49,19 +51,6 @@ def sample_depths(near: float, far: float, num_samples: int, shape: tuple[int, .
     if u is None:
         u = torch.rand([*shape, num_samples], generator=generator, device=device, dtype=dtype)
     return stratify(t, u.to(dtype))                                    # [*shape, N]
-
-
-def positional_encoding(x: torch.Tensor, multires: int = 10) -> torch.Tensor:
-    """[x, sin(2^0 x), cos(2^0 x), ..., sin(2^(L-1) x), cos(2^(L-1) x)] (no pi). [..., 3] -> [..., 3 + 6 L]."""
-    freqs = 2.0 ** torch.arange(multires, device=x.device, dtype=x.dtype)    # [L]
-    xf = x.unsqueeze(-2) * freqs.unsqueeze(-1)                                # [..., L, 3]
-    enc = torch.stack([torch.sin(xf), torch.cos(xf)], dim=-2)                 # [..., L, 2, 3]
-    return torch.cat([x, enc.flatten(-3)], dim=-1)                            # [..., 3 + 6 L]
-
-
-def encoding_dim(multires: int = 10, in_dim: int = 3) -> int:
-    """Size of positional_encoding's output."""
-    return in_dim * (1 + 2 * multires)
 
 
 def density_activation(raw_sigma: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

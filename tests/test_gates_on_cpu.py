@@ -1,9 +1,10 @@
-"""Pure helpers of the GPU benchmark (bench/train_speed.py), checked on CPU; the benchmark itself never runs here."""
+"""The GPU gates' machinery (tests/gpu/gpu_gates.py), checked on a CPU: a gate that can pass there passes, and a
+wrong filter gradient fails it."""
 from __future__ import annotations
 
 import torch
 
-from bench.train_speed import flipped_pixels
+from gpu.gpu_gates import flipped_pixels
 
 
 def test_flipped_pixels_counts_large_errors_and_measures_the_rest():
@@ -24,13 +25,12 @@ def test_flipped_pixels_counts_large_errors_and_measures_the_rest():
 
 
 def test_d_grads_gate_passes_on_cpu_and_catches_a_wrong_filter_gradient(monkeypatch):
-    """The t4_d_grads gate's machinery on the smoke preset (CPU: no compile, NCHW): every FIR implementation matches
-    the grouped-conv fp32 reference; a pool form whose backward is off by a factor (as the NHWC CUDA kernel was)
-    fails it."""
-    from bench import train_speed
+    """The d_grads gate's machinery on the smoke preset (CPU: no compile, NCHW): every R1 filter form matches the
+    fp32 reference; a pool form whose backward is off by a factor (as the NHWC CUDA kernel was) fails it."""
+    from gpu import gpu_gates
     from torch_utils.ops import fir
-    data = train_speed.RandomImages(8, 128)
-    got = train_speed.gate_d_grads("smoke", torch.device("cpu"), data)
+    data = gpu_gates.RandomImages(8, 128)
+    got = gpu_gates.gate_d_grads("smoke", torch.device("cpu"), data)
     assert got["pass"] and got["fp32_r1_pool_penalty_rel"] < 1e-6
     pool = fir._fir2d_pool
 
@@ -39,6 +39,16 @@ def test_d_grads_gate_passes_on_cpu_and_catches_a_wrong_filter_gradient(monkeypa
         return y.detach() + 0.5 * (y - y.detach())            # right values, half the gradient
 
     monkeypatch.setattr(fir, "_fir2d_pool", wrong_backward)
-    got = train_speed.gate_d_grads("smoke", torch.device("cpu"), data)
+    got = gpu_gates.gate_d_grads("smoke", torch.device("cpu"), data)
     assert not got["pass"] and got["fp32_r1_pool_penalty_rel"] > 0.5
     assert got["fp32_r1_depthwise_penalty_rel"] < 1e-6       # the other implementations are still right
+
+
+def test_graph_and_g_learns_gates_run_on_a_cpu():
+    """On a CPU the 'graphed' steps are eager ones: the graph gate compares a run with itself (exactly), and G moves
+    under impl=auto about as much as under the reference."""
+    from gpu import gpu_gates
+    data = gpu_gates.RandomImages(8, 32)
+    assert gpu_gates.gate_graph("smoke", torch.device("cpu"), data, steps=2)["max_rel_param_diff"] == 0.0
+    got = gpu_gates.gate_g_learns("smoke", torch.device("cpu"), data, steps=3)
+    assert got["pass"], got
