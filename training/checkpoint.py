@@ -50,6 +50,9 @@ def load_network_snapshot(path: str | os.PathLike, device: torch.device | str = 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"Network snapshot not found: '{path}'. Pass a network-snapshot-NNNNNN.pkl written by train.py.")
+    from training import official
+    if official.is_authors_snapshot(path):     # the authors' released models (docs/AUTHORS_MODELS.md)
+        return official.load_authors_snapshot(path, device)
     try:
         with open(path, "rb") as f:
             data = _RestrictedUnpickler(f).load()

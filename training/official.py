@@ -484,7 +484,7 @@ def generator_kwargs(G: PersistentObject, where: str) -> dict:
         render_size=_number(cfg, "render_size", where), radius=4.0,
         fov_x_rad=float(fov) if isinstance(fov, (int, float)) and not isinstance(fov, bool) else 0.6911112070083618,
         azim_range_deg=[_number(cfg, "theta_low", where), _number(cfg, "theta_high", where)],
-        elev_range_deg=[-_number(cfg, "phi_high", where), -_number(cfg, "phi_low", where)],
+        elev_range_deg=[0.0 - _number(cfg, "phi_high", where), 0.0 - _number(cfg, "phi_low", where)],
         azim_std_deg=float(theta_std) if use_normal and isinstance(theta_std, (int, float)) else None,
         perturb=_number(cfg, "perturb", where), raw_noise_std=_number(cfg, "raw_noise_std", where),
         pixel_center=0.0)
