@@ -10,6 +10,7 @@ states (torch CPU/CUDA, the step generator, the data sampler position) and the s
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dnnlib.util import UserError, atomic_write
+from dnnlib.util import UserError, atomic_write_bytes
 
 STATE_FORMAT = "hypernerfgan-training-state/1"
 STATE_RE = re.compile(r"^training-state-(\d+)\.pt$")
@@ -102,18 +103,19 @@ def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator, de
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Atomically torch.save `state` (+ format tag)."""
+    """torch.save `state` (+ format tag) to memory, then write it atomically (a full disk fails cleanly)."""
     data = {"format": STATE_FORMAT, **state}
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    buf = io.BytesIO()
+    torch.save(data, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load(weights_only=True) with a clear UserError for anything that is not our state file."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"Cannot read training state '{path}': the file is corrupt or not written by this project's "
-                        f"train.py ({type(exc).__name__}: {exc}).") from exc
+    """Read through training.checkpoint.read_data_file (never runs code from the file); UserError for anything that
+    is not our state file."""
+    from training.checkpoint import read_data_file
+    data = read_data_file(path, "training state")
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-        raise UserError(f"'{path}' is not a {STATE_FORMAT} file written by this project's train.py.")
+        raise UserError(f"'{path}' is not a training state of this project (expected format '{STATE_FORMAT}'). "
+                        f"Pass a training-state-NNNNNN.pt written by train.py, or a run directory.")
     return data
