@@ -4,14 +4,12 @@ Their `network-snapshot-*.pkl` (e.g. the CARLA and ShapeNet cars, planes and cha
 one pickle of a dict {training_set_kwargs, G, D, G_ema, augment_pipe}. Each module is a StyleGAN2-ADA-style
 persistent object: a call of `torch_utils.persistence._reconstruct_persistent_obj` whose argument carries the full
 source text of the module that defines the class, which a plain `pickle.load` executes. This reader executes nothing
-from the file and imports none of the modules it names:
-
-- every global the file may name is looked up in an explicit table of exact (module, name) pairs (`GLOBALS`) and
-  replaced by an inert stand-in that only records what the file says, or by a tensor rebuild; any other global is
-  refused with an error that names it;
-- a storage arrives as a nested legacy `torch.save` stream (`torch.storage._load_from_bytes`); it is parsed here
-  (its header pickles go through a second table that knows only the storage types) and its raw little-endian bytes
-  become a CPU tensor. Storage location tags (`cuda:0` in GPU-written files) are ignored: everything loads on CPU.
+from the file and imports none of the modules it names. It reads the file with dnnlib.safe_pickle's Unpickler and
+an explicit table of exact (module, name) pairs (`GLOBALS`): the tensors, OrderedDicts and numpy values go to that
+module's stand-ins (a storage's nested legacy `torch.save` stream is parsed there, never unpickled with full power,
+and its location tag, `cuda:0` in GPU-written files, is ignored: everything loads on the CPU); every other global the
+authors' files name becomes an inert record of what the file says; any global outside the table is refused with an
+error that names it.
 
 The records are then mapped onto this project's `Generator` and `Discriminator` with the authors' configuration
 carried over (layers, width, rank, samples per ray, render size, pose prior, patch size, field of view) and their
@@ -22,26 +20,22 @@ truncation (psi != 1) works.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 import pickle
 import pickletools
 import re
-import struct
-from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
 
+from dnnlib import safe_pickle
 from dnnlib.util import EasyDict, UserError
 
 W_AVG_SAMPLES = 100_000    # latents averaged for the estimated w_avg
 W_AVG_SEED = 0
 AUTHORS_FORMAT = "gmum/HyperNeRFGAN network snapshot"
 PERSISTENT_GLOBAL = ("torch_utils.persistence", "_reconstruct_persistent_obj")
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-LEGACY_PROTOCOL = 1001
 
 
 class AuthorsSnapshotError(pickle.UnpicklingError):
@@ -114,73 +108,6 @@ class PersistentObject:
         return f"<persistent {self.class_name}>"
 
 
-class Storage:
-    """A storage read from a nested legacy stream: a flat CPU tensor and the location tag it was written with."""
-
-    def __init__(self, data: torch.Tensor, location: str) -> None:
-        self.data, self.location = data, location
-
-
-class TensorRecord:
-    """A tensor rebuilt from a storage (its own copy: views of one storage do not share memory afterwards)."""
-
-    __slots__ = ("tensor", "is_parameter")
-
-    def __init__(self, tensor: torch.Tensor, is_parameter: bool = False) -> None:
-        self.tensor, self.is_parameter = tensor, is_parameter
-
-    def __setstate__(self, state: Any) -> None:
-        raise AuthorsSnapshotError("the file assigns state to a tensor")
-
-
-class NumpyDType(Record):
-    """Stand-in for numpy.dtype(spec, align, copy) + its BUILD state (byte order at index 1)."""
-
-    global_name = "numpy.dtype"
-
-    def struct_format(self) -> tuple[str, int]:
-        spec = self.args[0] if self.args else None
-        order = self.state[1] if isinstance(self.state, tuple) and len(self.state) > 1 else "<"
-        formats = {"f8": "d", "f4": "f", "f2": "e", "i8": "q", "i4": "i", "i2": "h", "i1": "b", "u1": "B", "b1": "?"}
-        if spec not in formats or order not in ("<", "|", "="):
-            raise AuthorsSnapshotError(f"a numpy value of dtype {spec!r} (byte order {order!r}); only little-endian "
-                                       f"numbers are accepted")
-        code = formats[spec]
-        return "<" + code, struct.calcsize("<" + code)
-
-
-class NumpyArray(Record):
-    """Stand-in for an ndarray (numpy.core.multiarray._reconstruct + BUILD (version, shape, dtype, fortran, data))."""
-
-    global_name = "numpy.ndarray"
-
-    def to_tensor(self) -> torch.Tensor:
-        state = self.state
-        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], NumpyDType)
-                and isinstance(state[4], bytes) and not state[3]):
-            raise AuthorsSnapshotError("a numpy array that is not a plain C-ordered array of numbers")
-        shape, (fmt, size) = tuple(state[1]), state[2].struct_format()
-        count = math.prod(shape)
-        if len(state[4]) != count * size:
-            raise AuthorsSnapshotError(f"a numpy array of shape {shape} with {len(state[4])} bytes of data")
-        return torch.tensor(struct.unpack(f"<{count}{fmt[1]}", state[4]), dtype=torch.float64).reshape(shape)
-
-
-def _numpy_reconstruct(cls: Any, shape: Any, typecode: Any) -> NumpyArray:
-    if not (isinstance(cls, Symbol) and cls.name == "numpy.ndarray"):
-        raise AuthorsSnapshotError("numpy's array reconstructor called on something other than numpy.ndarray")
-    return NumpyArray()
-
-
-def _numpy_scalar(dtype: Any, data: Any = None) -> float:
-    if not isinstance(dtype, NumpyDType) or not isinstance(data, bytes):
-        raise AuthorsSnapshotError("a numpy scalar without a dtype and its bytes")
-    fmt, size = dtype.struct_format()
-    if len(data) != size:
-        raise AuthorsSnapshotError(f"a numpy scalar with {len(data)} bytes for a {size}-byte type")
-    return struct.unpack(fmt, data)[0]
-
-
 def _getattr_symbol(obj: Any, name: Any) -> Symbol:
     """`builtins.getattr(torch._C._VariableFunctionsClass, 'sin')` encodes torch.sin: recorded, never looked up."""
     if not isinstance(obj, Symbol) or not isinstance(name, str):
@@ -197,130 +124,24 @@ def _defaultdict(*args: Any) -> dict:
     return {}
 
 
-def _ordered_dict(*args: Any) -> OrderedDict:
-    if args:
-        raise AuthorsSnapshotError("collections.OrderedDict called with arguments")
-    return OrderedDict()
-
-
 def _record_class(name: str) -> type:
     return type(name.rpartition(".")[2] + "Record", (Record,), {"global_name": name})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Tensors.
-
-STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-                  "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-                  "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-                  "BoolStorage": torch.bool}
-
-
-class StorageType(Symbol):
-    def __init__(self, name: str, dtype: torch.dtype) -> None:
-        super().__init__(f"torch.{name}")
-        self.dtype = dtype
-
-
-class _StorageHeaderUnpickler(pickle.Unpickler):
-    """The header pickles of a legacy storage stream: numbers, strings, containers and `torch.<X>Storage` only."""
-
-    def __init__(self, file: io.BytesIO) -> None:
-        super().__init__(file)
-        self.storages: dict[str, tuple[torch.dtype, str, int]] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch" and name in STORAGE_DTYPES:
-            return StorageType(name, STORAGE_DTYPES[name])
-        raise AuthorsSnapshotError(f"a storage stream names the global '{module}.{name}'; a storage may only name "
-                                   f"torch's storage types")
-
-    def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and isinstance(pid[1], StorageType)
-                and isinstance(pid[2], str) and isinstance(pid[3], str) and isinstance(pid[4], int) and pid[4] >= 0
-                and pid[5] is None):
-            raise AuthorsSnapshotError(f"a storage stream with an unexpected storage reference {pid!r}")
-        self.storages[pid[2]] = (pid[1].dtype, pid[3], pid[4])
-        return pid[2]
-
-
-def _load_from_bytes(blob: Any) -> Storage:
-    """Parse one legacy (non-zip) `torch.save` stream of a single storage: five protocol-2 pickles (magic number,
-    protocol 1001, system info, the storage reference, the list of keys), then per key an 8-byte little-endian
-    element count and the raw data."""
-    if not isinstance(blob, bytes):
-        raise AuthorsSnapshotError("a storage whose data is not a byte string")
-    f = io.BytesIO(blob)
-
-    def header(unpickler: _StorageHeaderUnpickler | None = None) -> Any:
-        try:
-            return (unpickler or _StorageHeaderUnpickler(f)).load()
-        except AuthorsSnapshotError:
-            raise
-        except Exception as exc:
-            raise AuthorsSnapshotError(f"a storage stream is malformed ({type(exc).__name__}: {exc})") from None
-
-    if header() != LEGACY_MAGIC or header() != LEGACY_PROTOCOL:
-        raise AuthorsSnapshotError("a storage stream without the legacy torch.save magic number and protocol 1001")
-    info = header()
-    if not isinstance(info, dict) or info.get("little_endian") is not True:
-        raise AuthorsSnapshotError("a storage stream written on a big-endian machine (or without system info)")
-    refs = _StorageHeaderUnpickler(f)
-    key = header(refs)
-    keys = header()
-    if not isinstance(keys, list) or keys != [key] or key not in refs.storages:
-        raise AuthorsSnapshotError("a storage stream that does not hold exactly the one storage it references")
-    dtype, location, numel = refs.storages[key]
-    count_bytes = f.read(8)
-    if len(count_bytes) != 8 or struct.unpack("<q", count_bytes)[0] != numel:
-        raise AuthorsSnapshotError("a storage stream whose element count does not match its reference")
-    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-    data = f.read(nbytes)
-    if len(data) != nbytes or f.read(1):
-        raise AuthorsSnapshotError(f"a storage stream with {len(data)} bytes of data where {numel} elements of "
-                                   f"{dtype} need {nbytes} (truncated or padded)")
-    flat = torch.frombuffer(bytearray(data), dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
-    return Storage(flat, location)
-
-
-def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                       hooks: Any = None, metadata: Any = None) -> TensorRecord:
-    """A strided view of `storage`, bounds-checked, copied into its own memory."""
-    ints = lambda t: isinstance(t, tuple) and all(isinstance(v, int) and v >= 0 for v in t)  # noqa: E731
-    if not isinstance(storage, Storage) or not isinstance(offset, int) or offset < 0 or not ints(size) \
-            or not ints(stride) or len(size) != len(stride):
-        raise AuthorsSnapshotError("a tensor whose storage, offset, size or stride is malformed")
-    numel = storage.data.numel()
-    if math.prod(size) > 0 and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= numel:
-        raise AuthorsSnapshotError(f"a tensor of size {list(size)} (offset {offset}, stride {list(stride)}) that "
-                                   f"reaches past its storage of {numel} elements")
-    return TensorRecord(storage.data.as_strided(size, stride, offset).clone())
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any = False, hooks: Any = None) -> TensorRecord:
-    if not isinstance(data, TensorRecord):
-        raise AuthorsSnapshotError("a parameter whose data is not a tensor")
-    return TensorRecord(data.tensor, is_parameter=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # The table: every global a released snapshot names (and nothing else).
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): Symbol("numpy.ndarray"), ("numpy", "dtype"): NumpyDType}
-    for core in ("numpy.core", "numpy._core"):                       # numpy 1.x and 2.x spellings
-        out[(f"{core}.multiarray", "_reconstruct")] = _numpy_reconstruct
-        out[(f"{core}.multiarray", "scalar")] = _numpy_scalar
-    return out
+# Rebuilt by dnnlib.safe_pickle's stand-ins: tensors and parameters (the storage streams parsed there, location tags
+# ignored), OrderedDict, numpy arrays and scalars (both numpy spellings).
+SHARED_GLOBALS = [("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+                  ("torch.storage", "_load_from_bytes"), ("collections", "OrderedDict"), ("numpy", "ndarray"),
+                  ("numpy", "dtype"), *[(f"{core}.multiarray", fn) for core in ("numpy.core", "numpy._core")
+                                        for fn in ("_reconstruct", "scalar")]]
 
-
-GLOBALS: dict[tuple[str, str], Any] = {
+# Specific to the authors' snapshots: inert records and symbols.
+AUTHORS_GLOBALS: dict[tuple[str, str], Any] = {
     PERSISTENT_GLOBAL: PersistentObject,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
     ("torch.nn.modules.container", "ModuleList"): _record_class("torch.nn.modules.container.ModuleList"),
-    ("collections", "OrderedDict"): _ordered_dict,
     ("collections", "defaultdict"): _defaultdict,
     ("builtins", "dict"): Symbol("builtins.dict"),
     ("builtins", "getattr"): _getattr_symbol,
@@ -337,29 +158,17 @@ GLOBALS: dict[tuple[str, str], Any] = {
     ("omegaconf.base", "Metadata"): _record_class("omegaconf.base.Metadata"),
     ("omegaconf.nodes", "AnyNode"): _record_class("omegaconf.nodes.AnyNode"),
     ("typing", "Any"): Symbol("typing.Any"),
-    **_numpy_globals(),
 }
 
-
-class AuthorsUnpickler(pickle.Unpickler):
-    """Unpickles an authors' snapshot into records: globals only from GLOBALS, no persistent ids."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return GLOBALS[(module, name)]
-        except (KeyError, TypeError):
-            raise AuthorsSnapshotError(f"the file names the global '{module}.{name}', which is not one of the "
-                                       f"{len(GLOBALS)} globals of the authors' snapshots; refusing to load it "
-                                       f"(nothing from the file was executed)") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise AuthorsSnapshotError("the file holds a persistent reference, which the authors' snapshots never do")
+_SHARED = safe_pickle.allow(safe_pickle.TENSOR_GLOBALS, safe_pickle.NUMPY_GLOBALS)
+GLOBALS = safe_pickle.allow({key: _SHARED[key] for key in SHARED_GLOBALS}, AUTHORS_GLOBALS)
+"""Every global the authors' snapshots name, and nothing else (exact (module, name) pairs)."""
 
 
 def read_records(path: str | os.PathLike) -> dict:
     """The file's top-level dict with records in place of objects. Raises AuthorsSnapshotError / OSError / EOFError."""
     with open(path, "rb") as f:
-        data = AuthorsUnpickler(f).load()
+        data = safe_pickle.SafeUnpickler(f, GLOBALS).load()
         if f.read(1):
             raise AuthorsSnapshotError("the file continues after the end of its pickle")
     if not isinstance(data, dict):
@@ -385,7 +194,7 @@ def is_authors_snapshot(path: str | os.PathLike, max_ops: int = 100_000) -> bool
                     return tuple(arg.split(" ", 1)) == PERSISTENT_GLOBAL
                 elif op.name in ("INST", "OBJ", "STOP") or n >= max_ops:
                     return False
-    except Exception:
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError):   # unreadable, or not a pickle
         return False
     return False
 
@@ -415,9 +224,9 @@ def state_dict(obj: Any, where: str, prefix: str = "", out: dict | None = None) 
         for name, value in entries.items():
             if value is None or (group == "_buffers" and name in skip):
                 continue
-            if not isinstance(name, str) or not isinstance(value, TensorRecord):
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor):
                 raise AuthorsSnapshotError(f"'{where}{prefix}{name}' is not a tensor")
-            out[prefix + name] = value.tensor
+            out[prefix + name] = value.detach()
     children = state.get("_modules", {})
     if not isinstance(children, dict):
         raise AuthorsSnapshotError(f"'{where}{prefix}' has no _modules table")
@@ -522,7 +331,7 @@ def _check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where:
 
 
 def _check_gains(G_rec: PersistentObject, G: torch.nn.Module, where: str) -> None:
-    """Their FullyConnectedLayers' stored gains equal ours (a differently built layer would compute another function)."""
+    """Their FullyConnectedLayers' stored gains equal ours (other gains would compute another function)."""
     mapping = _child(G_rec, "mapping", where)
     pairs = [(f"mapping.fc{i}", _child(mapping, f"fc{i}", where), layer)
              for i, layer in enumerate(G.mapping_network.layers)] if isinstance(mapping, PersistentObject) else []
@@ -612,7 +421,7 @@ def build_augment_pipe(rec: Any, patch_size: int) -> torch.nn.Module | None:
     if not isinstance(kw, dict) or not set(kw) <= {"crop", "xflip"}:
         return None
     p = rec.state.get("_buffers", {}).get("p")
-    p = float(p.tensor.reshape(-1)[0]) if isinstance(p, TensorRecord) and p.tensor.numel() == 1 else 0.5
+    p = float(p.reshape(-1)[0]) if isinstance(p, torch.Tensor) and p.numel() == 1 else 0.5
     return AugmentPipe(mode="fixed", patch_size=patch_size, xflip=float(kw.get("xflip", 1.0)),
                        p=min(max(p, 0.0), 1.0)).eval().requires_grad_(False)
 
@@ -666,11 +475,15 @@ def load_authors_snapshot(path: str | os.PathLike, device: torch.device | str = 
             nets[key] = build_generator(data[key], key) if data.get(key) is not None else None
         _need(nets["G"] is not None or nets["G_ema"] is not None, "the file holds neither G_ema nor G")
         nets["D"] = build_discriminator(data["D"], "D") if data.get("D") is not None else None
-    except AuthorsSnapshotError as exc:
+    except safe_pickle.ForbiddenGlobalError as exc:
+        raise UserError(f"Refusing to load '{path}' as one of the authors' HyperNeRFGAN snapshots: the file names "
+                        f"the global '{exc.module}.{exc.name}', which is not one of the globals those snapshots use. "
+                        f"Nothing from the file was executed.") from None
+    except (AuthorsSnapshotError, pickle.UnpicklingError) as exc:
         raise UserError(f"Cannot load '{path}' as one of the authors' HyperNeRFGAN snapshots: {exc}. Nothing from "
                         f"the file was executed.") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-            struct.error, MemoryError, RecursionError) as exc:
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError,
+            RecursionError) as exc:
         raise UserError(f"Cannot read '{path}' as one of the authors' HyperNeRFGAN snapshots: the file is truncated "
                         f"or corrupt ({type(exc).__name__}: {exc}). Nothing from the file was executed.") from None
     G_ema = nets["G_ema"] if nets["G_ema"] is not None else nets["G"]
