@@ -340,3 +340,19 @@ def test_the_crafted_payloads_are_live(tmp_path, kind):
     overrides, _ = _crafted(kind, sentinel)
     pickle.loads(af.PickleWriter(protocol=4).dumps(overrides["replace"]["augment_pipe"]))
     assert sentinel.exists()
+
+
+def test_finetune_from_one_of_our_snapshots_takes_its_settings(tmp_path):
+    from training.config import resolve_config
+    from training.finetune import check_start, load_start
+    from training.networks.discriminator import Discriminator
+    cfg = resolve_config("smoke", ["num_layers=2", "pixel_center=0.25", "elev_range_deg=10,80"])
+    torch.manual_seed(3)
+    G, D = Generator(**cfg.G_kwargs(32)), Discriminator(**cfg.D_kwargs())
+    path = tmp_path / "network-snapshot-000012.pkl"
+    save_network_snapshot(path, G=G, G_ema=G, D=D, config=cfg.to_dict(), kimg=12.0)
+    start = load_start(path)
+    assert start.origin["format"] == "hypernerfgan-snapshot/2" and start.origin["kimg"] == 12.0
+    run_cfg = resolve_config(None, [], {"data": "x"}, base=start.config)
+    assert (run_cfg.num_layers, run_cfg.pixel_center, run_cfg.elev_range_deg) == (2, 0.25, [10, 80])
+    assert check_start(run_cfg, start, 32) == []

@@ -39,7 +39,7 @@ def load_start(path: str | os.PathLike) -> EasyDict:
     if snap.get("D") is None and isinstance(snap.get("config"), dict) and "patch_size" in snap.config:
         config["patch_size"] = snap.config["patch_size"]
     origin = {"path": os.path.abspath(path), "sha256": file_sha256(path), "kimg": float(snap.get("kimg", 0.0)),
-              "format": (snap.get("origin") or {}).get("format", "hypernerfgan-snapshot/1"),
+              "format": (snap.get("origin") or {}).get("format") or snap.get("format") or "hypernerfgan-snapshot",
               "modules": [k for k in ("G", "G_ema", "D") if snap.get(k) is not None]}
     if snap.get("origin"):
         origin["w_avg"] = snap.origin["w_avg"]
