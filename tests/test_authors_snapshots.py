@@ -203,6 +203,11 @@ def test_truncated_file_and_wrong_shapes_are_refused(tmp_path):
     af.write_snapshot(path, G_ema_state=g, **SMALL)
     with pytest.raises(UserError, match=r"'nerf.layers.2.affine.weight' has shape \[3, 128\].*needs \[320, 128\]"):
         load_network_snapshot(path)
+    g = af.generator_tensors(width=16)
+    g["mapping.fc1.bias"][5] = float("nan")
+    af.write_snapshot(path, G_ema_state=g, **SMALL)
+    with pytest.raises(UserError, match="'mapping_network.layers.1.bias' holds NaN"):
+        load_network_snapshot(path)
 
 
 def test_crafted_file_through_generate_exits_1_without_running(tmp_path, capsys):

@@ -328,6 +328,7 @@ def _check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where:
         _need(tuple(got.shape) == tuple(ref.shape), f"'{where}': tensor '{key}' has shape {list(got.shape)}, but "
               f"its configuration needs {list(ref.shape)}")
         _need(got.is_floating_point(), f"'{where}': tensor '{key}' is {got.dtype}, not floating point")
+        _need(bool(torch.isfinite(got).all()), f"'{where}': tensor '{key}' holds NaN or infinite values")
 
 
 def _check_gains(G_rec: PersistentObject, G: torch.nn.Module, where: str) -> None:
