@@ -101,6 +101,8 @@ def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | Non
          sets: tuple[str, ...], dry_run: bool, precision: str | None, deterministic: bool | None, aug: str | None,
          p: float | None, target: float | None) -> None:
     """Train a HyperNeRFGAN. Errors in the input print one paragraph and exit with status 1."""
+    if not dry_run:
+        state_io.check_outdir(outdir)
     run_dir, state_path, saved = _resume_source(outdir, resume) if not dry_run else (None, None, None)
     names = [n.strip() for n in (cfg_names or "").split(",") if n.strip()]
     base = saved if (saved is not None and not names) else None

@@ -520,6 +520,15 @@ def test_two_train_processes_on_one_outdir(tiny_data, tmp_path):
         load_network_snapshot(d / "network-snapshot-000000.pkl")
 
 
+@pytest.mark.parametrize("where", ["file", "below_file"])
+def test_outdir_that_cannot_be_a_folder(where, tiny_data, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file, kept as it is")
+    outdir = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "runs"
+    code, _, err = invoke(util.run_cli(train.main), ["--outdir", outdir, *SMOKE, "--data", tiny_data], capsys)
+    assert code == 1 and one_paragraph(err) and "not a folder" in err, err
+    assert (tmp_path / "taken").read_text() == "a file, kept as it is"
+
+
 def test_resume_at_another_resolution_is_refused(smoke_state, tmp_path, capsys):
     d = tmp_path / "d16"
     d.mkdir()

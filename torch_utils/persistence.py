@@ -62,7 +62,7 @@ def resolve_class(path: str) -> type:
     if path not in _REGISTRY:  # the module may not be imported yet: importing one of our own modules is safe
         try:
             importlib.import_module(mod_name)
-        except ImportError:
+        except (ImportError, ValueError):  # no such module (or a malformed name): refused just below
             pass
     if path not in _REGISTRY:
         raise ValueError(f"refusing to rebuild {path!r}: it is not a network class of this project")

@@ -39,18 +39,37 @@ def _files(p: Path) -> list[Path]:
     return [f for f in p.iterdir() if f.is_file()] if p.is_dir() else []
 
 
+def check_outdir(outdir: str | os.PathLike) -> None:
+    """UserError unless `outdir` is a writable folder or can be created as one (nothing is created here)."""
+    path = Path(outdir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--outdir '{outdir}' exists and is not a folder: choose another --outdir.")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--outdir '{outdir}' cannot be created: '{parent}' is not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--outdir '{outdir}': the folder '{parent}' is not writable. Choose another --outdir.")
+
+
 def new_run_dir(outdir: str | os.PathLike, desc: str) -> Path:
-    """Create `<outdir>/<NNNNN>-<desc>` with a fresh id (never an existing directory)."""
+    """Create `<outdir>/<NNNNN>-<desc>` with a fresh id (never an existing directory, also when several processes
+    start at once: mkdir is atomic, and a taken id moves on to the next)."""
     root = Path(outdir)
-    root.mkdir(parents=True, exist_ok=True)
-    while True:
-        ids = [int(m.group(1)) for d in root.iterdir() if d.is_dir() and (m := RUN_RE.match(d.name))]
-        run_dir = root / f"{max(ids, default=-1) + 1:05d}-{desc}"
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:  # another process took this id meanwhile
-            continue
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            ids = [int(m.group(1)) for d in root.iterdir() if d.is_dir() and (m := RUN_RE.match(d.name))]
+            run_dir = root / f"{max(ids, default=-1) + 1:05d}-{desc}"
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:  # another process took this id meanwhile
+                continue
+    except OSError as exc:
+        raise UserError(f"Cannot create a run directory under --outdir '{outdir}' ({exc.strerror or exc}): choose a "
+                        f"writable --outdir.") from exc
 
 
 def latest_state(run_dir: str | os.PathLike) -> Path | None:
