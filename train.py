@@ -108,13 +108,14 @@ def _prepare_run_dir(cfg: TrainConfig, cfg_names: list[str], outdir: str, run_di
 @click.option("--target", type=click.FloatRange(0, 1), help="ADA target for E[sign(D(real))].")
 def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | None, batch: int | None,
          gpus: int | None, metrics: str | None, snap: int | None, resume: str | None, finetune: str | None,
-         seed: int | None,
-         sets: tuple[str, ...], dry_run: bool, precision: str | None, deterministic: bool | None, aug: str | None,
+         seed: int | None, sets: tuple[str, ...], dry_run: bool, precision: str | None, deterministic: bool | None, aug: str | None,
          p: float | None, target: float | None) -> None:
     """Train a HyperNeRFGAN. Errors in the input print one paragraph and exit with status 1."""
     if finetune is not None and resume is not None:
         raise UserError("--finetune starts a new run from a snapshot's weights and --resume continues a training "
                         "state: use one of them.")
+    if not dry_run:
+        state_io.check_outdir(outdir)
     run_dir, state_path, saved = _resume_source(outdir, resume) if not dry_run else (None, None, None)
     names = [n.strip() for n in (cfg_names or "").split(",") if n.strip()]
     base = saved if (saved is not None and not names) else None
@@ -147,6 +148,8 @@ def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | Non
         if notes:
             print("Settings of this run that differ from the snapshot (run vs snapshot): " + "; ".join(notes) + ".")
     resume_state = state_io.load_training_state(state_path) if state_path is not None else None
+    if resume_state is not None:
+        state_io.check_resume_compatible(resume_state, state_path, cfg, names, data_pair[1]["resolution"])
     if resume_state is not None and rank == 0:
         print(f"Resuming from {state_path} at kimg {resume_state['counters']['cur_nimg'] / 1000:.3f}.")
     path = _prepare_run_dir(cfg, names, outdir, run_dir, rank, state_path, start.origin if start else None)

@@ -309,7 +309,8 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
 CONTAINER_GLOBALS: GlobalTable = MappingProxyType({
     ("collections", "OrderedDict"): _ordered_dict,
     ("_codecs", "encode"): _codecs_encode,
-    **{(mod, name): cls for mod in ("builtins", "__builtin__") for name, cls in (("set", set), ("frozenset", frozenset))},
+    **{(mod, name): cls for mod in ("builtins", "__builtin__")
+       for name, cls in (("set", set), ("frozenset", frozenset))},
 })
 """Plain containers that pickles spell as globals: OrderedDict, sets (protocol < 4) and bytes (protocol 2)."""
 

@@ -79,13 +79,14 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> No
     OSError) after removing the temporary file.
     """
     path = Path(path)
-    tmp = make_temp_beside(path)
+    tmp = None
     try:
+        tmp = make_temp_beside(path)
         write_fn(tmp)
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             reason = exc.strerror or str(exc)

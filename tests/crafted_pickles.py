@@ -52,7 +52,8 @@ def payloads(sentinel: Path) -> dict[str, Any]:
         "os.system": Reduce(os.system, f"touch '{s}'"),
         "subprocess": Reduce(subprocess.call, ["touch", s]),
         "getattr": Reduce(Reduce(builtins.getattr, Reduce(importlib.import_module, "os"), "system"), f"touch '{s}'"),
-        "torch.load": Reduce(torch.load, str(evil_file), None, Reduce(importlib.import_module, "pickle")),  # a pickle_module means weights_only=False
+        # torch.load with a pickle_module: weights_only defaults to False then
+        "torch.load": Reduce(torch.load, str(evil_file), None, Reduce(importlib.import_module, "pickle")),
         "nested pickle": Reduce(pickle.loads, inner),
         "storage blob with a payload": StorageBlob(inner),
         "numpy object array": np.array([Reduce(builtins.exec, touch_code), 1], dtype=object),

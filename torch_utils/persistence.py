@@ -62,7 +62,7 @@ def resolve_class(path: str) -> type:
     if path not in _REGISTRY:  # the module may not be imported yet: importing one of our own modules is safe
         try:
             importlib.import_module(mod_name)
-        except ImportError:
+        except (ImportError, ValueError):  # no such module (or a malformed name): refused just below
             pass
     if path not in _REGISTRY:
         raise ValueError(f"refusing to rebuild {path!r}: it is not a network class of this project")
@@ -88,7 +88,8 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
 def from_record(record: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Rebuild a module from `to_record` output. Every parameter and buffer must be present with the module's own
     shape and dtype, and hold finite values where it is floating point; ValueError names the first one that does not."""
-    if not (isinstance(record, dict) and isinstance(record.get("kwargs"), dict) and isinstance(record.get("state"), dict)):
+    if not (isinstance(record, dict) and isinstance(record.get("kwargs"), dict)
+            and isinstance(record.get("state"), dict)):
         raise ValueError("a network record must be a dict with 'class', 'kwargs' and 'state'")
     cls = resolve_class(record["class"])
     kwargs, state = record["kwargs"], record["state"]

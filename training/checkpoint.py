@@ -65,7 +65,7 @@ def read_data_file(path: str | os.PathLike, what: str) -> Any:
                         f"train.py; code in files is never executed. See SECURITY.md.") from exc
     except Exception as exc:
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
-            m = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+            m = re.search(r"GLOBAL ([\w.]+)", str(exc))
             reason = (f"the file refers to the Python global '{m.group(1)}', which this reader does not resolve" if m
                       else "the file holds objects other than plain data and tensors")
             m = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", str(exc))
@@ -93,8 +93,9 @@ def load_network_snapshot(path: str | os.PathLike, device: torch.device | str = 
                             f"(a training state is for train.py --resume).")
         raise UserError(f"'{path}' is not a network snapshot of this project (found {kind}; expected "
                         f"'{SNAPSHOT_FORMAT}'). Pass a network-snapshot-NNNNNN.pkl written by train.py.")
-    out = EasyDict(training_set_kwargs=_plain_dict(data.get("training_set_kwargs")), config=_plain_dict(data.get("config")),
-                   kimg=float(data["kimg"]) if isinstance(data.get("kimg"), (int, float)) else 0.0,
+    kimg = data.get("kimg")
+    out = EasyDict(training_set_kwargs=_plain_dict(data.get("training_set_kwargs")),
+                   config=_plain_dict(data.get("config")), kimg=float(kimg) if isinstance(kimg, (int, float)) else 0.0,
                    format=fmt)
     for key in _MODULE_KEYS:
         rec = data.get(key)
