@@ -108,8 +108,8 @@ def _prepare_run_dir(cfg: TrainConfig, cfg_names: list[str], outdir: str, run_di
 @click.option("--target", type=click.FloatRange(0, 1), help="ADA target for E[sign(D(real))].")
 def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | None, batch: int | None,
          gpus: int | None, metrics: str | None, snap: int | None, resume: str | None, finetune: str | None,
-         seed: int | None, sets: tuple[str, ...], dry_run: bool, precision: str | None, deterministic: bool | None, aug: str | None,
-         p: float | None, target: float | None) -> None:
+         seed: int | None, sets: tuple[str, ...], dry_run: bool, precision: str | None, deterministic: bool | None,
+         aug: str | None, p: float | None, target: float | None) -> None:
     """Train a HyperNeRFGAN. Errors in the input print one paragraph and exit with status 1."""
     if finetune is not None and resume is not None:
         raise UserError("--finetune starts a new run from a snapshot's weights and --resume continues a training "
