@@ -145,7 +145,8 @@ def _pick_device(device: str | None) -> torch.device:
 
 
 @click.command()
-@click.option("--network", help="network-snapshot-*.pkl, or a run directory (every snapshot in it).")
+@click.option("--network", help="network-snapshot-*.pkl (ours or the authors' released ones, docs/AUTHORS_MODELS.md), "
+              "or a run directory (every snapshot in it).")
 @click.option("--metrics", "metrics", default="fid1k_full", show_default=True,
               help=f"Comma-separated metrics: {', '.join(metric_main.KNOWN_METRICS)}.")
 @click.option("--data", help="Real images (zip, folder or synth: spec) [default: the snapshot's training data].")

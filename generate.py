@@ -230,7 +230,8 @@ def common_options(fn: Callable) -> Callable:
     fn = click.option("--device", type=str, default=None,
                       help="cpu, cuda or cuda:N  [default: cuda when available, else cpu]")(fn)
     fn = click.option("--network", "network", type=str, required=True,
-                      help="A network-snapshot-NNNNNN.pkl written by train.py.")(fn)
+                      help="A network-snapshot-NNNNNN.pkl written by train.py, or one of the authors' released "
+                           "snapshots (docs/AUTHORS_MODELS.md).")(fn)
     return fn
 
 

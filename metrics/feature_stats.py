@@ -99,7 +99,7 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "FeatureStats":
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             stats = cls(capture_all="features" in data, capture_mean_cov="mean" in data)
             stats.num_items = int(data["num_items"])
             if stats.capture_mean_cov:

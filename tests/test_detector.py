@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from dnnlib.util import UserError
 from metrics import detector as det_mod
 from metrics.detector import (DETECTOR_SHA1, CallableDetector, file_sha1, get_detector, load_detector, nv_resize)
+from tolerances import assert_within, sum_atol
 
 
 class _StandIn(torch.nn.Module):
@@ -107,7 +108,10 @@ def test_detector_batch_invariance_and_grey(tmp_path):
     imgs = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
     full = d(imgs)  # crosses the internal 64-image chunking
     parts = torch.cat([d(chunk) for chunk in imgs.split(3)])
-    torch.testing.assert_close(full, parts, rtol=1e-5, atol=1e-6)
+    # Resize and pooling work image by image in a fixed order; the final [N, 48] @ [48, 16] projection's kernel (so
+    # its summation order) depends on N. Its inputs lie in [-1, 1]: bound by 2 gamma_48 sum_k |proj[k, j]|.
+    proj = _StandIn().proj
+    assert_within(full, parts, sum_atol(proj.shape[0], proj.abs().sum(0)))
     grey = imgs[:4, :1]
     torch.testing.assert_close(d(grey), d(grey.repeat(1, 3, 1, 1)))
     with pytest.raises(ValueError):

@@ -45,16 +45,24 @@ def _points(B: int, N: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("num_layers", [4, 8])
 def test_reference_matches_nerf_fp32(num_layers):
+    # The same formula in two orders of summation: float32 agrees only to its rounding, so also compare in float64.
     nerf = _nerf(num_layers)
     assert nerf.uses_skip == (num_layers == 8)
     w = torch.randn([3, 128], generator=torch.Generator().manual_seed(1))
     pts = _points(3, 50)
     with torch.no_grad():
         weights = nerf.build_weights(w)
-        want = nerf.evaluate(weights, pts)
         got = fm.reference_evaluate(weights, pts, dtype=torch.float32, **fm.mlp_config(nerf))
-    assert got.shape == (3, 50, 4) and got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        nerf64 = nerf.double()
+        weights64 = nerf64.build_weights(w.double())
+        want64 = nerf64.evaluate(weights64, pts.double())
+        got64 = fm.reference_evaluate(weights64, pts.double(), dtype=torch.float64, **fm.mlp_config(nerf64))
+    assert got.shape == (3, 50, 4) and got.dtype == torch.float32 and got64.dtype == torch.float64
+    torch.testing.assert_close(got64, want64, rtol=0, atol=1e-10)
+    # float32 against the float64 value: 128-term sums per layer, each within a few gamma_128 of exact, relative to
+    # the output's scale (a wrong formula errs by O(1)).
+    torch.testing.assert_close(got.double(), want64, rtol=0, atol=num_layers * 4 * 128 * torch.finfo(torch.float32).eps
+                               * float(want64.abs().max()))
 
 
 def test_reference_half_rounding_is_close_to_fp32():

@@ -145,6 +145,9 @@ def decode_image(source: ImageSource, name: str) -> PIL.Image.Image:
             img = PIL.Image.open(f)
             img.load()
         return img
+    except FileNotFoundError as exc:
+        raise DatasetError(f"Image '{name}' of '{source.path}' is gone: the dataset was moved or deleted while in "
+                           f"use. Put it back and continue with `train.py --resume auto`.") from exc
     except Exception as exc:
         raise DatasetError(f"Cannot decode image '{name}' in '{source.path}': the file is corrupt or truncated "
                            f"({type(exc).__name__}: {exc}). Replace or delete it.") from exc
@@ -194,7 +197,9 @@ def _check_sizes(source: ImageSource, names: list[str], resolution: int | None) 
         w, h, mode = read_header(source, name)
         if mode != "RGB":
             kind = {"RGBA": "RGBA", "LA": "grayscale+alpha", "L": "grayscale", "1": "black-and-white",
-                    "P": "palette", "PA": "palette+alpha", "CMYK": "CMYK"}.get(mode, f"'{mode}'")
+                    "P": "palette", "PA": "palette+alpha", "CMYK": "CMYK", "I;16": "16-bit grayscale",
+                    "I;16B": "16-bit grayscale", "I": "32-bit grayscale", "F": "floating-point grayscale"
+                    }.get(mode, f"'{mode}'")
             raise DatasetError(f"Image '{name}' in '{source.path}' is {kind}; training needs 3-channel RGB images: "
                                f"{CONVERT_HINT}.")
         if first is None:
@@ -435,6 +440,24 @@ class InfiniteSampler(torch.utils.data.Sampler):
             step += 1
 
 
+def _reraise_worker_errors(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """Iterate `loader`; a DatasetError raised in a worker process arrives with the worker's traceback folded into its
+    message: raise it again with the original one-paragraph message only."""
+    it = iter(loader)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except DatasetError as exc:
+            text = str(exc)
+            marker = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
+            if "Traceback" in text and marker in text:
+                raise DatasetError(text.rsplit(marker, 1)[1].strip()) from None
+            raise
+        yield item
+
+
 def iterate_reals(dataset: torch.utils.data.Dataset, batch: int, device: torch.device | str, seed: int = 0,
                   rank: int = 0, world: int = 1, num_workers: int = 2, prefetch_factor: int = 2,
                   with_labels: bool = False, start: int = 0
@@ -448,7 +471,7 @@ def iterate_reals(dataset: torch.utils.data.Dataset, batch: int, device: torch.d
     if num_workers > 0:
         kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=True)
     loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=batch, **kwargs)
-    for images, labels in loader:
+    for images, labels in _reraise_worker_errors(loader):
         images = images.to(device, non_blocking=True)  # [B, C, H, W] uint8
         if with_labels:
             yield images, labels.to(device, non_blocking=True)

@@ -10,6 +10,8 @@ states (torch CPU/CUDA, the step generator, the data sampler position) and the s
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dnnlib.util import UserError, atomic_write
+from dnnlib.util import UserError, atomic_write_bytes
 
 STATE_FORMAT = "hypernerfgan-training-state/1"
 STATE_RE = re.compile(r"^training-state-(\d+)\.pt$")
@@ -37,18 +39,37 @@ def _files(p: Path) -> list[Path]:
     return [f for f in p.iterdir() if f.is_file()] if p.is_dir() else []
 
 
+def check_outdir(outdir: str | os.PathLike) -> None:
+    """UserError unless `outdir` is a writable folder or can be created as one (nothing is created here)."""
+    path = Path(outdir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--outdir '{outdir}' exists and is not a folder: choose another --outdir.")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--outdir '{outdir}' cannot be created: '{parent}' is not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--outdir '{outdir}': the folder '{parent}' is not writable. Choose another --outdir.")
+
+
 def new_run_dir(outdir: str | os.PathLike, desc: str) -> Path:
-    """Create `<outdir>/<NNNNN>-<desc>` with a fresh id (never an existing directory)."""
+    """Create `<outdir>/<NNNNN>-<desc>` with a fresh id (never an existing directory, also when several processes
+    start at once: mkdir is atomic, and a taken id moves on to the next)."""
     root = Path(outdir)
-    root.mkdir(parents=True, exist_ok=True)
-    while True:
-        ids = [int(m.group(1)) for d in root.iterdir() if d.is_dir() and (m := RUN_RE.match(d.name))]
-        run_dir = root / f"{max(ids, default=-1) + 1:05d}-{desc}"
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:  # another process took this id meanwhile
-            continue
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            ids = [int(m.group(1)) for d in root.iterdir() if d.is_dir() and (m := RUN_RE.match(d.name))]
+            run_dir = root / f"{max(ids, default=-1) + 1:05d}-{desc}"
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:  # another process took this id meanwhile
+                continue
+    except OSError as exc:
+        raise UserError(f"Cannot create a run directory under --outdir '{outdir}' ({exc.strerror or exc}): choose a "
+                        f"writable --outdir.") from exc
 
 
 def latest_state(run_dir: str | os.PathLike) -> Path | None:
@@ -102,18 +123,72 @@ def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator, de
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Atomically torch.save `state` (+ format tag)."""
+    """torch.save `state` (+ format tag) to memory, then write it atomically (a full disk fails cleanly)."""
     data = {"format": STATE_FORMAT, **state}
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    buf = io.BytesIO()
+    torch.save(data, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load(weights_only=True) with a clear UserError for anything that is not our state file."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"Cannot read training state '{path}': the file is corrupt or not written by this project's "
-                        f"train.py ({type(exc).__name__}: {exc}).") from exc
+    """Read through training.checkpoint.read_data_file (never runs code from the file); UserError for anything that
+    is not our state file."""
+    from training.checkpoint import read_data_file
+    data = read_data_file(path, "training state")
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-        raise UserError(f"'{path}' is not a {STATE_FORMAT} file written by this project's train.py.")
+        raise UserError(f"'{path}' is not a training state of this project (expected format '{STATE_FORMAT}'). "
+                        f"Pass a training-state-NNNNNN.pt written by train.py, or a run directory.")
     return data
+
+
+def _saved_presets(state: dict[str, Any], state_path: Path) -> list[str] | None:
+    options = Path(state_path).parent / "training_options.json"
+    if "presets" in state and isinstance(state["presets"], list):
+        return [str(p) for p in state["presets"]]
+    try:
+        presets = json.loads(options.read_text(encoding="utf-8")).get("presets")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(p) for p in presets] if isinstance(presets, list) else None
+
+
+def _shape_mismatch(saved: Any, module: torch.nn.Module) -> str | None:
+    """The first tensor of `module`'s state dict that the saved state dict lacks or holds with another shape."""
+    if not isinstance(saved, dict):
+        return "(no state dict)"
+    for name, ref in module.state_dict().items():
+        got = saved.get(name)
+        if not isinstance(got, torch.Tensor):
+            return f"'{name}' is missing"
+        if got.shape != ref.shape:
+            return f"'{name}' is {list(got.shape)} in the state but {list(ref.shape)} here"
+    extra = sorted(set(saved) - set(module.state_dict()))
+    return f"'{extra[0]}' is in the state only" if extra else None
+
+
+def check_resume_compatible(state: dict[str, Any], state_path: str | os.PathLike, cfg: Any, presets: list[str],
+                            resolution: int) -> None:
+    """Refuse (UserError naming both sides) to resume a state written with other presets, at another resolution, or
+    for networks of other shapes than the ones `cfg` builds. `presets`: this run's --cfg list (empty: the saved
+    configuration was reused, so the presets match by construction)."""
+    state_path = Path(state_path)
+    saved_res = (state.get("training_set_kwargs") or {}).get("resolution")
+    if isinstance(saved_res, int) and saved_res != int(resolution):
+        raise UserError(f"--resume: the training state '{state_path}' was trained on {saved_res}x{saved_res} images, "
+                        f"but this run's data is {resolution}x{resolution}. Resume with the dataset of that run, or "
+                        f"start a new run without --resume.")
+    saved = _saved_presets(state, state_path)
+    if presets and saved is not None and list(presets) != saved:
+        raise UserError(f"--resume: the training state '{state_path}' was written by a run with --cfg "
+                        f"{','.join(saved) or '(none)'}, but this run asks for --cfg {','.join(presets)}. Resume with "
+                        f"the same --cfg (or none, to reuse the saved configuration), or start a new run without "
+                        f"--resume.")
+    from training.networks.discriminator import Discriminator
+    from training.networks.generator import Generator
+    with torch.random.fork_rng(devices=[]):  # the throwaway networks' init must not move the global RNG
+        for key, module in (("G", Generator(**cfg.G_kwargs(resolution))), ("D", Discriminator(**cfg.D_kwargs()))):
+            problem = _shape_mismatch(state.get(key), module)
+            if problem is not None:
+                raise UserError(f"--resume: the training state '{state_path}' holds a {key} of another shape than "
+                                f"this run's configuration builds ({problem}); it was written with other network "
+                                f"options. Resume with the options of that run, or start a new run without --resume.")

@@ -106,16 +106,21 @@ def describe_networks(cfg: TrainConfig, resolution: int) -> str:
 
 
 def setup_run(cfg: TrainConfig, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1,
-              resume: dict | None = None, data: tuple[Any, dict] | None = None) -> EasyDict:
+              resume: dict | None = None, data: tuple[Any, dict] | None = None,
+              init: EasyDict | None = None) -> EasyDict:
     """Everything a run needs: dataset, networks, step, data iterator, counters, writers, fixed grid latents.
 
     `data` is an already opened (dataset, training_set_kwargs) pair from open_dataset, or None to open it here.
+    `init`: the snapshot a fine-tuning run starts from (training.finetune.load_start), or None.
     """
     configure_torch(cfg, device)
     select_backend(cfg, device, quiet=rank != 0)
     training_stats.default_collector.reset()
     dataset, set_kwargs = data if data is not None else open_dataset(cfg, rank)
     nets = build_networks(cfg, set_kwargs["resolution"], device)
+    if init is not None:
+        from training.finetune import apply_start
+        apply_start(nets, init)
     generator = torch.Generator(device=device).manual_seed(cfg.seed * world + rank)
     step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, device, generator, world=world)
     run = EasyDict(cfg=cfg, run_dir=Path(run_dir), device=device, rank=rank, world=world, dataset=dataset,
@@ -508,7 +513,8 @@ def train(run: EasyDict) -> None:
 
 
 def training_loop(cfg: TrainConfig, run_dir: str | os.PathLike, device: torch.device, rank: int = 0,
-                  world: int = 1, resume: dict | None = None, data: tuple[Any, dict] | None = None) -> EasyDict:
+                  world: int = 1, resume: dict | None = None, data: tuple[Any, dict] | None = None,
+                  init: EasyDict | None = None) -> EasyDict:
     """Set up, train to cfg.kimg (or until a signal), close the writers. Returns the run (for tests)."""
     run_dir = Path(run_dir)
     logger = Logger(str(run_dir / "log.txt"), "a") if rank == 0 else None
@@ -516,7 +522,7 @@ def training_loop(cfg: TrainConfig, run_dir: str | os.PathLike, device: torch.de
     if rank == 0:
         print(f"Training options:\n{json.dumps(cfg.to_dict(), indent=2)}", flush=True)
     try:
-        run = setup_run(cfg, run_dir, device, rank, world, resume, data)
+        run = setup_run(cfg, run_dir, device, rank, world, resume, data, init)
         if rank == 0:
             print(f"Training on {run.dataset.resolution}px data '{run.training_set_kwargs['path']}' "
                   f"({len(run.dataset)} items), {world} process(es), precision {run.step.precision}, "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dnnlib.util import UserError, atomic_write
+from dnnlib.util import UserError, atomic_write, make_temp_beside
 
 MACRO_BLOCK = 16
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".gif")
@@ -106,9 +105,7 @@ def pad_to_multiple(frame: np.ndarray, multiple: int = MACRO_BLOCK, value: int =
 @contextlib.contextmanager
 def _temp_beside(path: Path) -> Iterator[str]:
     """A temporary file next to `path` that keeps its extension (ffmpeg picks the container from it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = make_temp_beside(path, suffix=f".tmp{path.suffix}")  # the umask's mode, unlike mkstemp
     try:
         yield tmp
         os.replace(tmp, path)

@@ -51,13 +51,6 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _default_permissions(path: Path) -> None:
-    """Give an atomically written file (mkstemp creates it 0600) the permissions of a normal new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _init_worker() -> None:
     torch.set_num_threads(1)
 
@@ -178,7 +171,6 @@ def _write_sidecar(path: Path, gt_dir: Path, family: str, records: list[dict]) -
             for name in ("depth", "alpha", "part", "c2w", "meta_json"):
                 zf.write(gt_dir / f"{name}.npy", f"{name}.npy")
     atomic_write(path, _write)
-    _default_permissions(path)
 
 
 def load_gt(path: str | os.PathLike) -> dict[str, Any]:
@@ -218,7 +210,6 @@ def write_dataset_zip(dest: str | os.PathLike, family: str, count: int, resoluti
             if gt_dir is not None:
                 shutil.rmtree(gt_dir, ignore_errors=True)
     atomic_write(dest, _write)
-    _default_permissions(dest)
     return {"path": str(dest), "gt_path": str(gt_path) if gt_path else None, "count": int(count),
             "resolution": int(resolution), "seconds": time.time() - t0, "bytes": dest.stat().st_size,
             "workers": workers}
