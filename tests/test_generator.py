@@ -42,7 +42,7 @@ def _naive_layer_weight(layer, w_b: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_object(G: Generator, w_b, c2w_b, window_b, patch, u_b, noise_b):
-    """One object, one layer at a time, exactly as REFERENCE.md §1-2 describes (no batching, no gain folding)."""
+    """One object, one layer at a time, exactly as the authors' code computes it (no batching, no gain folding)."""
     o, d = camera.get_rays(c2w_b[None], G.img_resolution, None if window_b is None else window_b[None], patch)
     h_img, w_img = o.shape[1:3]
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)                                   # [R, 3]

@@ -164,7 +164,7 @@ def test_deferred_d_step_waits_for_the_next_gmain_or_a_flush(tiny_data):
 def test_deferred_d_step_does_not_read_the_grad_attributes(tiny_data):
     """The deferred D update applies the gradients saved by the phase that deferred it, whatever D's .grad holds
     by then: a CUDA graph for another phase pattern (or an eager warm-up step) allocates .grad at other addresses,
-    so reading .grad there applied stale gradients (the t4_graph gate diverged on an H200, session 11)."""
+    so reading .grad there applied stale gradients (the t4_graph gate of bench/train_speed.py diverged on an H200)."""
     from training.config import resolve_config
     from training.phases import TrainStep
     from training.training_loop import build_networks
@@ -322,7 +322,7 @@ def test_bad_steps_counted_on_device_and_abort(tiny_data):
 
 @pytest.mark.slow
 def test_acceptance_smoke_synth_chairs(tmp_path, monkeypatch, capsys):
-    """The issue's acceptance command (synthetic set generated into a fresh cache), then --resume auto."""
+    """The README's quick-start command (synthetic set generated into a fresh cache), then --resume auto."""
     monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
     args = ["--outdir", str(tmp_path / "R"), "--cfg", "smoke", "--data", "synth:chairs"]
     code, out, err = cli([*args, "--kimg", "0.2"], capsys)

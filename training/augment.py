@@ -1,4 +1,4 @@
-"""The augmentation pipe applied to reals and fakes before every D call (REFERENCE.md section 4).
+"""The augmentation pipe applied to reals and fakes before every D call (the authors' `augment.py` behaviour; docs/MODEL.md).
 
 Modes:
 * "fixed" (the official default): images larger than the patch size P are cropped to a random P x P window (always,

@@ -1,6 +1,7 @@
 """Volume-rendering maths as pure functions: sample depths, positional encoding, density activation, compositing.
 
-Reference behaviour: REFERENCE.md §1.5 (encoding), §1.7 (density/colour heads), §2.4 (sampling), §2.5 (compositing).
+Reference behaviour: the authors' positional encoding, density/colour heads, stratified sampling and compositing
+(docs/MODEL.md).
 Every random draw takes an explicit torch.Generator (None = global RNG) and happens on the given device.
 Density activation, transmittance and the weighted sums run in at least fp32 whatever the input dtype.
 """
