@@ -299,3 +299,19 @@ def test_command_checker_rejects(line: str, message: str) -> None:
     (tokens,) = shell_commands(f"```\n{line}\n```\n")
     with pytest.raises(AssertionError, match=message):
         check_command(tokens, make_targets())
+
+
+def test_model_md_parameter_counts_match_the_code() -> None:
+    from training.networks.discriminator import Discriminator
+    from training.networks.generator import Generator
+
+    def count(m) -> str:
+        return f"{sum(p.numel() for p in m.parameters()):,}"
+    text = (REPO / "docs" / "MODEL.md").read_text(encoding="utf-8")
+    g4, g8 = Generator(num_layers=4), Generator(num_layers=8)
+    rows = {"G, 4 NeRF layers": count(g4), "G, 8 NeRF layers": count(g8), "the mapping network":
+            count(g4.mapping_network), "one hidden 128 -> 128 NeRF layer": count(g4.nerf.layers[1])}
+    rows |= {f"D at P = {p}": count(Discriminator(img_resolution=p)) for p in (8, 32, 64)}
+    for label, n in rows.items():
+        line = next((ln for ln in text.splitlines() if label in ln and ln.startswith("|")), None)
+        assert line is not None and line.rstrip(" |").endswith(n), f"MODEL.md: '{label}' should be {n}"
