@@ -315,3 +315,9 @@ def test_model_md_parameter_counts_match_the_code() -> None:
     for label, n in rows.items():
         line = next((ln for ln in text.splitlines() if label in ln and ln.startswith("|")), None)
         assert line is not None and line.rstrip(" |").endswith(n), f"MODEL.md: '{label}' should be {n}"
+
+
+def test_docs_folder_stays_small() -> None:
+    """docs/ holds documents and what they cite (study summaries, figures), not raw run data: under 2 MB."""
+    size = sum((REPO / p).stat().st_size for p in repo_files() if p.parts[0] == "docs")
+    assert size < 2_000_000, f"docs/ holds {size:,} bytes; keep raw data out (reproduce.py summarize)"
