@@ -254,6 +254,8 @@ def check_command(tokens: list[str], make: set[str]) -> None:
     where = " ".join(tokens)
     while tokens and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", tokens[0]):      # FOO=bar cmd ...
         tokens = tokens[1:]
+    if not tokens:                                                           # only assignments: PKL=...
+        return
     prog, args = tokens[0], tokens[1:]
     if prog == "make":
         for a in args:
@@ -321,3 +323,18 @@ def test_docs_folder_stays_small() -> None:
     """docs/ holds documents and what they cite (study summaries, figures), not raw run data: under 2 MB."""
     size = sum((REPO / p).stat().st_size for p in repo_files() if p.parts[0] == "docs")
     assert size < 2_000_000, f"docs/ holds {size:,} bytes; keep raw data out (reproduce.py summarize)"
+
+
+README_SECTIONS = ["Install", "The two commands", "Quick start", "Recipes", "Results to expect", "Commands",
+                   "Troubleshooting", "Licence", "How to cite"]
+
+
+def test_readme_is_short_and_has_its_sections() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.split()) <= 2000, f"README.md has {len(text.split())} words; keep it at most 2,000"
+    prose, _ = split_fences(text)
+    headings = [m.group(2) for line in prose if (m := _HEADING.match(line)) and len(m.group(1)) == 2]
+    missing = [s for s in README_SECTIONS if s not in headings]
+    assert not missing, f"README.md lacks the sections {missing}"
+    assert "@article{kania2023hypernerfgan" in text and "arXiv:2301.11631" in text
+    assert re.search(r"!\[[^\]]+\]\([^)]+\.png\)", text), "the README opens with a picture"
