@@ -12,6 +12,7 @@ import dataclasses
 import json
 import re
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -96,7 +97,8 @@ def render() -> str:
     for name, desc, keys in presets():
         sets = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in keys.items()) or "-"
         lines.append(f"| `{name}` | {_cell(desc)} | {_cell(sets)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(textwrap.fill(ln, 120, break_long_words=False, break_on_hyphens=False)
+                     if not ln.startswith(("|", "#")) else ln for ln in lines) + "\n"
 
 
 @click.command()
