@@ -377,7 +377,8 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch, standin_detector):
     assert row[4] == f"{(fids[0] - fids[1]) / fids[0] * 100:.1f} %"
     floor = json.loads((out / "floors" / "cars-halves.json").read_text())
     assert _row(md, "cars-halves")[1] == f"{floor['results']['fid1k_full']:.2f}" and floor["n_real"] == 32
-    assert (out / "results_fid.png").is_file() and (out / "results" / "cars_sheet.png").is_file()
+    assert (out / "results_fid.png").is_file() and (out / "figures" / "cars_sheet.png").is_file()
+    assert "](figures/cars_sheet.png)" in md and not (out / "results").exists()    # linked in place, not copied
     assert (out / "figures" / "cars_interp.png").is_file()
     # Idempotent: a second invocation runs nothing new and reports the same numbers.
     assert _main(args) == 0
