@@ -1,10 +1,11 @@
-"""The reproduction study of the seed as one command, plus the zip splitter behind its noise floors.
+"""The reproduction study (docs/RESULTS.md) as one command, plus the zip splitter behind its noise floors.
 
   python scripts/reproduce.py run --outdir runs/study            # the whole study (GPU; idempotent, resumable)
   python scripts/reproduce.py run --outdir runs/smoke --smoke --families cars --ablations ns8 --detector D.pt
-  python scripts/reproduce.py report --outdir runs/study         # docs/RESULTS.md + docs/results_fid.png
-  python scripts/reproduce.py report --outdir docs/study --outdir docs/study-cars --full-plan   # several studies
+  python scripts/reproduce.py report --outdir runs/study         # docs/studies/REPORT.md + results_fid.png
+  python scripts/reproduce.py report --outdir docs/studies/baselines --outdir docs/studies/cars-ablations  # several
   python scripts/reproduce.py split --source set.zip --dest-a a.zip --dest-b b.zip --count-a 2000
+  python scripts/reproduce.py summarize --outdir runs/study      # compact form: <outdir>/summary.json
 
 What `run` does, each step printed and appended to `<outdir>/commands.txt` before it runs (as a subprocess of this
 Python interpreter, from the repository root):
@@ -264,8 +265,8 @@ def train_run(rec: Recorder, opts: dict, run: results.PlannedRun) -> None:
     """The 0-kimg point (one minibatch) and the full-length run of one planned run."""
     from training.config import resolve_config
     batch = resolve_config(run.cfg).batch
-    # A failed metrics step of the 0-kimg point does not hold the training back (the study once lost three runs'
-    # training time that way); it is reported after the training, and the next invocation fills the metric in.
+    # A failed metrics step of the 0-kimg point does not hold the training back (a flaky metrics step would
+    # otherwise cost whole runs); it is reported after the training, and the next invocation fills the metric in.
     deferred = None
     try:
         # One minibatch: the plain eager step (no CUDA graphs, no compilation to pay for), same function.
@@ -368,7 +369,7 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
 
 
 def report_order(outdir: Path, report_with: list[str]) -> list[Path]:
-    """The study directories of the report (--report-with: docs/RESULTS.md holds docs/study and docs/study-cars):
+    """The study directories of the report (--report-with: docs/studies/REPORT.md holds several studies):
     this study first, then the others; where it is one of them, their order as given."""
     others = [Path(d) for d in report_with]
     return others if any(d.resolve() == Path(outdir).resolve() for d in others) else [Path(outdir), *others]
@@ -492,10 +493,10 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
 @click.option("--smoke", is_flag=True, help="Tiny settings for a CPU check: smoke preset, 64 images at 32 px, "
               "0.02 kimg, snapshots every 0.01 kimg.")
 @click.option("--report", "report", default=None,
-              help="Markdown report [default: docs/RESULTS.md; with --smoke <outdir>/RESULTS.md].")
+              help="Markdown report [default: docs/studies/REPORT.md; with --smoke <outdir>/RESULTS.md].")
 @click.option("--report-with", "report_with", multiple=True, metavar="DIR",
               help="Another study directory for the same report (repeatable; as `report --outdir A --outdir B`); "
-                   "--report-with docs/study --report-with docs/study-cars --full-plan keeps docs/RESULTS.md whole.")
+                   "see docs/RESULTS.md for the command that rebuilds docs/studies/REPORT.md.")
 @click.option("--full-plan", is_flag=True, help="The report lists every run of the full study ('not run' rows).")
 @click.option("--set", "train_set", multiple=True, metavar="KEY=VALUE",
               help="Config override passed to every train.py run of the study (repeatable), e.g. d_lr=0.001.")
@@ -527,7 +528,8 @@ def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds:
                  ablation_seeds=util.parse_int_list(ablation_seeds) if ablation_seeds else None,
                  spread_family=_names(spread_family, fams, "family")[0],
                  detector=str(Path(detector).resolve()) if detector else None,
-                 report=report or str(Path(outdir) / "RESULTS.md" if smoke else REPO / "docs" / "RESULTS.md"))
+                 report=report or str(Path(outdir) / "RESULTS.md" if smoke
+                                      else REPO / "docs" / "studies" / "REPORT.md"))
     if not opts["families"]:
         raise UserError("--families is empty: name at least one of " + ", ".join(fams) + ".")
     if detector and not Path(detector).is_file():
@@ -539,6 +541,18 @@ def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds:
 
 
 cli.add_command(results.cli, name="report")
+
+
+@cli.command()
+@click.option("--outdir", required=True, help="Study directory with runs/ (what `run --outdir` was given).")
+@click.option("--out", default=None, help="Summary file to write [default: <outdir>/summary.json].")
+def summarize(outdir: str, out: str | None) -> None:
+    """Keep a finished study in compact form: every number the report reads, in one JSON file.
+
+    `report --outdir DIR` then works from DIR/summary.json once DIR/runs is deleted (figures/ and DISCUSSION.md
+    stay as they are)."""
+    path = results.summarize(outdir, out)
+    click.echo(f"Wrote {path}")
 
 
 main = util.run_cli(cli)

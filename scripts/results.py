@@ -1,12 +1,17 @@
-"""The reproduction study's report: reads run directories, writes RESULTS.md and the FID-vs-kimg plot (Pillow).
+"""The reproduction study's report: reads run directories, writes the report and the FID-vs-kimg plot (Pillow).
 
-  python scripts/results.py --outdir runs/study [--out docs/RESULTS.md] [--cpu-floors docs/noise_floors.json]
+  python scripts/results.py --outdir runs/study [--out docs/studies/REPORT.md] [--cpu-floors docs/noise_floors.json]
   (the same as `python scripts/reproduce.py report ...`)
 
 This module owns the study's plan (which runs exist: `plan_runs`) and everything that reads results back:
 `metric-*.jsonl`, `training_options.json` and `log.txt` of each run directory, `reproduce.json` (device, sessions)
 of each study run, `floors/*.json` (noise floors), `figures/` (contact sheets, interpolation strips) and
 `commands.txt`. Nothing is invented: a run without records is a "not run" row, a missing point a "-" cell.
+
+A finished study can be kept in compact form: `summarize` (`reproduce.py summarize --outdir DIR`) writes
+`<outdir>/summary.json` with everything the report reads (the study's options, each run's metric points, wall time,
+device, commands and detector, the noise floors, commands.txt); the report is then built from that file alone, so the
+run directories can be deleted. Figures and DISCUSSION.md stay files of their own.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ FAMILIES = ("carla", "cars", "planes", "chairs")
 ABLATIONS = ("ns8", "patch8", "noaug", "gamma05")
 METRICS = ("fid1k_full", "pr1k3_full")
 FID, PREC, REC = "fid1k_full", "pr1k3_full_precision", "pr1k3_full_recall"
-# The seed study's FID-1k at 0 and 200 kimg (T4, real CARLA / ShapeNet renders): the numbers to reproduce.
+# The target study's FID-1k at 0 and 200 kimg (the method at the T4 setting on real CARLA / ShapeNet renders).
 SEED_STUDY = {"carla": (339.9, 155.4), "cars": (341.3, 136.2), "planes": (294.8, 182.8), "chairs": (296.8, 169.2)}
 DEFAULT_STUDY = dict(families=list(FAMILIES), ablations=list(ABLATIONS), seeds=[0, 1], kimg=200.0, snap_kimg=50.0,
                      count=10000, resolution=128, ablation_family="cars", spread_family="cars", smoke=False,
@@ -81,11 +86,36 @@ def plan_runs(families: list[str], ablations: list[str], seeds: list[int], ablat
     return runs
 
 
+SUMMARY = "summary.json"
+SUMMARY_VERSION = 1
+
+
+def read_summary(outdir: str | Path) -> dict | None:
+    """<outdir>/summary.json when the study is kept in compact form (no runs/ directory), else None."""
+    outdir = Path(outdir)
+    path = outdir / SUMMARY
+    if (outdir / "runs").is_dir() or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); restore it from git or rebuild it with "
+                        "`reproduce.py summarize` from the run directories.") from None
+    if not isinstance(data, dict) or data.get("version") != SUMMARY_VERSION:
+        raise UserError(f"{path} is not a study summary of version {SUMMARY_VERSION}; rebuild it with "
+                        "`reproduce.py summarize` from the run directories.")
+    return data
+
+
 def load_study(outdir: str | Path) -> dict:
-    """The options `reproduce.py run` recorded in <outdir>/study.json, or the defaults (the full GPU study)."""
+    """The options `reproduce.py run` recorded in <outdir>/study.json (or its summary.json), else the defaults (the
+    full GPU study)."""
     path = Path(outdir) / "study.json"
     study = dict(DEFAULT_STUDY)
-    if path.is_file():
+    summary = read_summary(outdir)
+    if summary is not None:
+        study.update(summary["study"])
+    elif path.is_file():
         study.update(json.loads(path.read_text(encoding="utf-8")))
     return study
 
@@ -172,6 +202,7 @@ class RunResult:
     commands: list[str]
     batch: int
     final_kimg_reached: bool
+    detector_sha1s: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
@@ -185,7 +216,10 @@ class RunResult:
 
 
 def collect_run(outdir: Path, run: PlannedRun, study: dict) -> RunResult:
-    """Read the start and train run directories of one planned run."""
+    """Read the start and train run directories of one planned run (or its entry of the study's summary.json)."""
+    summary = read_summary(outdir)
+    if summary is not None:
+        return _run_from_summary(outdir, run, summary["runs"].get(run.name))
     root = outdir / "runs" / run.name
     start, train = find_run_dir(root / "start"), find_run_dir(root / "train")
     train_points = read_metric_points(train)
@@ -196,15 +230,52 @@ def collect_run(outdir: Path, run: PlannedRun, study: dict) -> RunResult:
     log = train / "log.txt" if train is not None else None
     wall = log_wall_seconds(log.read_text(encoding="utf-8", errors="replace")) if log and log.is_file() else None
     final = any(k >= study["kimg"] - 1e-6 for k in train_points)
+    sha1s = {rec.get("detector_sha1") for d in (start, train) for rec in metric_records(d)} - {None}
     return RunResult(run, start, train, points, wall, meta.get("device"),
-                     [s["command"] for s in meta.get("sessions", [])], batch, final)
+                     [s["command"] for s in meta.get("sessions", [])], batch, final, tuple(sorted(sha1s)))
+
+
+def _run_from_summary(outdir: Path, run: PlannedRun, entry: dict | None) -> RunResult:
+    if entry is None:
+        return RunResult(run, None, None, {}, None, None, [], 4, False)
+    dirs = [outdir / d if d else None for d in (entry.get("start_dir"), entry.get("train_dir"))]
+    points = {float(k): {m: float(v) for m, v in vals.items()} for k, vals in entry.get("points", {}).items()}
+    return RunResult(run, dirs[0], dirs[1], points, entry.get("wall_s"), entry.get("device"),
+                     list(entry.get("commands", [])), int(entry.get("batch", 4)), bool(entry.get("final")),
+                     tuple(entry.get("detector_sha1s", [])))
+
+
+def summarize(outdir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the compact form of a study (see the module docstring) to `out` (default <outdir>/summary.json)."""
+    outdir = Path(outdir)
+    if not (outdir / "runs").is_dir():
+        raise UserError(f"'{outdir}' has no runs/ directory; summarize a study directory that `reproduce.py run` "
+                        "wrote (its summary.json, if any, is already the compact form).")
+    study = load_study(outdir)
+    runs = {}
+    for run in study_plan(study):
+        res = collect_run(outdir, run, study)
+        if res.status == "not run":
+            continue
+        runs[run.name] = {
+            "start_dir": res.start_dir.relative_to(outdir).as_posix() if res.start_dir else None,
+            "train_dir": res.train_dir.relative_to(outdir).as_posix() if res.train_dir else None,
+            "points": {f"{k:g}": v for k, v in sorted(res.points.items())}, "wall_s": res.wall_s,
+            "device": res.device, "commands": res.commands, "batch": res.batch, "final": res.final_kimg_reached,
+            "detector_sha1s": list(res.detector_sha1s)}
+    stored = {k: v for k, v in study.items() if k != "detector"}       # a local path of the machine that ran it
+    commands = outdir / "commands.txt"
+    data = {"version": SUMMARY_VERSION, "study": stored, "runs": runs, "floors": read_floors(outdir),
+            "commands": commands.read_text(encoding="utf-8").strip() if commands.is_file() else ""}
+    path = Path(out) if out is not None else outdir / SUMMARY
+    util.atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
 
 
 def detector_note(results: list[RunResult]) -> str:
     """Which detector file the study's metric records name: the official one (by sha1) or another file."""
     from metrics.detector import DETECTOR_SHA1
-    sha1s = {rec.get("detector_sha1") for r in results for d in (r.start_dir, r.train_dir)
-             for rec in metric_records(d)} - {None}
+    sha1s = {s for r in results for s in r.detector_sha1s}
     if not sha1s:
         return ""
     if sha1s == {DETECTOR_SHA1}:
@@ -276,7 +347,7 @@ def _rel(path: Path, outdir: Path) -> str:
 
 
 def summary_rows(results: list[RunResult], study: dict, outdir: Path) -> list[list[str]]:
-    """The seed's table: FID-1k at 0 kimg and at the end, improvement %, wall time, GPU (+ precision/recall)."""
+    """The summary table: FID-1k at 0 kimg and at the end, improvement %, wall time, GPU (+ precision/recall)."""
     rows = []
     for r in results:
         if r.status == "not run":
@@ -375,8 +446,11 @@ def floor_rows(floors: list[dict], with_device: bool = False) -> list[list[str]]
 
 
 def read_floors(outdir: Path) -> list[dict]:
-    """The study's noise floors (<outdir>/floors/*.json written by reproduce.py), family halves first."""
-    floors = [_read_json(p) for p in sorted((outdir / "floors").glob("*.json"))]
+    """The study's noise floors (<outdir>/floors/*.json written by reproduce.py, or its summary.json), family
+    halves first."""
+    summary = read_summary(outdir)
+    floors = summary["floors"] if summary is not None else [
+        _read_json(p) for p in sorted((outdir / "floors").glob("*.json"))]
     return sorted((f for f in floors if f), key=lambda f: (f.get("kind") != "halves", f.get("label", "")))
 
 
@@ -458,7 +532,7 @@ def _header(study: dict, results: list[RunResult], outdir: Path, full_plan: bool
     partial = sum(r.status == "partial" for r in results)
     k = study["kimg"]
     return [
-        "# Results: the seed's reproduction study",
+        "# Study report: the T4 reproduction study",
         "",
         f"Generated by `python scripts/reproduce.py report --outdir {outdir.as_posix()}"
         f"{' --full-plan' if full_plan else ''}` from the run directories "
@@ -491,7 +565,7 @@ def _summary_section(results: list[RunResult], study: dict, outdir: Path) -> lis
     k = f"{study['kimg']:g}"
     header = ["run", "presets", "FID-1k @ 0 kimg", f"FID-1k @ {k} kimg", "improvement", f"precision @ {k}",
               f"recall @ {k}", "wall time", "GPU", "run directories"]
-    lines = ["## Summary (the seed's format)", ""] + _table(header, summary_rows(results, study, outdir)) + [""]
+    lines = ["## Summary", ""] + _table(header, summary_rows(results, study, outdir)) + [""]
     for fam in study["families"]:
         runs = [r for r in results if r.run.family == fam and r.run.variant == "baseline"]
         if runs:
@@ -502,7 +576,7 @@ def _summary_section(results: list[RunResult], study: dict, outdir: Path) -> lis
 
 
 def headline_rows(outdirs: list[Path], studies: list[dict], per: list[list[RunResult]]) -> list[list[str]]:
-    """Per family: the seed study's numbers, then the baseline run with the largest FID-1k improvement to its study's
+    """Per family: the target study's numbers, then the baseline run with the largest FID-1k improvement to its study's
     last kimg over every combined study (which study, seed and --set options), and how many baselines reached it."""
     rows = []
     for fam in FAMILIES:
@@ -533,10 +607,10 @@ def headline_rows(outdirs: list[Path], studies: list[dict], per: list[list[RunRe
 def _headline_section(outdirs: list[Path], studies: list[dict], per: list[list[RunResult]]) -> list[str]:
     return (["## Headline: the best baseline of each family over these studies", "",
              "The baseline run with the largest FID-1k improvement from 0 kimg to its study's last kimg, against the "
-             "seed study's (real data; ours are the synthetic families). A run is counted only when it finished. "
+             "target study's (real data; ours are the synthetic families). A run is counted only when it finished. "
              "The studies differ in their training options, so read each number with its study's tables and "
              "discussion below.", ""]
-            + _table(["family", "seed study: 0 -> 200 kimg", "best run here", "options", "FID-1k 0 -> end",
+            + _table(["family", "target study: 0 -> 200 kimg", "best run here", "options", "FID-1k 0 -> end",
                       "improvement", "baselines finished"], headline_rows(outdirs, studies, per)) + [""])
 
 
@@ -601,12 +675,15 @@ def _floor_section(floors: list[dict], cpu: dict | None) -> list[str]:
 
 
 def copy_figures(outdir: Path, dest_dir: Path, families: list[str]) -> dict[str, dict[str, str]]:
-    """Copy each family's contact sheet and interpolation strip (PNG) next to the report; {family: {kind: name}}."""
+    """Each family's contact sheet and interpolation strip (PNG), copied to `dest_dir` next to the report unless the
+    study directory already lies under the report's directory (then linked in place); {family: {kind: link}}."""
     out: dict[str, dict[str, str]] = {}
     for fam in families:
         for kind in ("sheet", "interp"):
             src = outdir / "figures" / f"{fam}_{kind}.png"
-            if src.is_file():
+            if src.is_file() and dest_dir.parent.resolve() in src.resolve().parents:
+                out.setdefault(fam, {})[kind] = src.resolve().relative_to(dest_dir.parent.resolve()).as_posix()
+            elif src.is_file():
                 dest = dest_dir / src.name
                 util.atomic_write(dest, lambda tmp, s=src: shutil.copyfile(s, tmp))
                 out.setdefault(fam, {})[kind] = f"{dest_dir.name}/{src.name}"
@@ -647,13 +724,35 @@ def _figures_elsewhere(all_figures: list[dict[str, dict[str, str]]], index: int)
     return found
 
 
-def _commands_section(outdir: Path) -> list[str]:
+def rerun_command(study: dict, outdir: Path) -> str:
+    """The `reproduce.py run` command that plans the same study (its options from study.json / summary.json)."""
+    parts = ["python scripts/reproduce.py run", f"--outdir runs/{outdir.name}",
+             f"--families {','.join(study['families'])}", f"--ablations '{','.join(study['ablations'])}'"]
+    parts += [f"--seeds {','.join(map(str, study['seeds']))}"]
+    if study["ablations"] and ablation_seeds(study) != study["seeds"][:1]:
+        parts.append(f"--ablation-seeds {','.join(map(str, ablation_seeds(study)))}")
+    for key in ("ablation_family", "spread_family"):
+        if study[key] != DEFAULT_STUDY[key]:
+            parts.append(f"--{key.replace('_', '-')} {study[key]}")
+    for key in ("kimg", "snap_kimg", "count", "resolution"):
+        if study[key] != DEFAULT_STUDY[key]:
+            parts.append(f"--{key.replace('_', '-')} {study[key]:g}")
+    parts += [f"--set {kv}" for kv in study.get("train_set") or []] + (["--smoke"] if study.get("smoke") else [])
+    return " ".join(parts)
+
+
+def _commands_section(outdir: Path, study: dict) -> list[str]:
+    summary = read_summary(outdir)
+    lines = ["## Commands", "", "The same study, run or continued from the repository root (`--jobs 4` runs four of "
+             "its trainings side by side; see README):", "", "```", rerun_command(study, outdir), "```", ""]
+    if summary is not None:
+        n = len([ln for ln in summary["commands"].splitlines() if ln and not ln.startswith("#")])
+        return lines + [f"The {n} commands it ran, in order, with their timestamps: `{outdir.as_posix()}/{SUMMARY}`, "
+                        "key `commands`.", ""]
     path = outdir / "commands.txt"
     text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
-    return ["## Commands", "",
-            f"Every command the study ran, in order (`{outdir.as_posix()}/commands.txt`; run from the repository "
-            "root; `reproduce.py run` with the same options repeats only what is missing):", "", "```",
-            text or "(none yet: run `python scripts/reproduce.py run --outdir " + outdir.as_posix() + "`)", "```", ""]
+    return lines + [f"Every command the study ran, in order (`{outdir.as_posix()}/commands.txt`):", "", "```",
+                    text or "(none yet: run the command above)", "```", ""]
 
 
 def _discussion_section(outdir: Path) -> list[str]:
@@ -696,14 +795,14 @@ def _study_sections(outdir: Path, study: dict, results: list[RunResult], figures
             + _ablation_section(results, study) + _spread_section(results, study)
             + _floor_section(read_floors(outdir), cpu)
             + _figure_section(plot, figures, study, plot_above, elsewhere)
-            + _commands_section(outdir))
+            + _commands_section(outdir, study))
 
 
 def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | None = None,
                  full_plan: bool = False, also: list[str | Path] | tuple = ()) -> Path:
     """Write the report `out` (markdown) and `<out dir>/results_fid.png` from the study under `outdir`.
 
-    full_plan: list every run of the full study (issue 8: four families, four ablations, two seeds) even where this
+    full_plan: list every run of the full study (four families, four ablations, two seeds) even where this
     study directory was only asked for part of it, so that the missing runs show as 'not run'.
     also: further study directories (e.g. one trained with other --set options) reported after the first, each
     with its own tables; the plot has every run. With full_plan, a run a later study measured is not 'not run'.
@@ -732,7 +831,7 @@ def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | N
     lines = []
     if several:
         cmd = " ".join(f"--outdir {d.as_posix()}" for d in outdirs) + (" --full-plan" if full_plan else "")
-        lines += ["# Results: the seed's reproduction study", "",
+        lines += ["# Study report: the T4 reproduction study", "",
                   f"Generated by `python scripts/reproduce.py report {cmd}`. It combines {len(outdirs)} study "
                   "directories, each with its own tables below (a study directory holds one set of training "
                   "options):", ""]
@@ -756,12 +855,12 @@ def build_report(outdir: str | Path, out: str | Path, cpu_floors: str | Path | N
 @click.option("--outdir", "outdirs", required=True, multiple=True,
               help="The study directory (what `reproduce.py run --outdir` was given); repeat it to combine studies "
                    "(the first one leads; each gets its own tables).")
-@click.option("--out", default="docs/RESULTS.md", show_default=True, help="Markdown report to write.")
+@click.option("--out", default="docs/studies/REPORT.md", show_default=True, help="Markdown report to write.")
 @click.option("--cpu-floors", default=None, help="JSON of CPU-measured noise floors to include "
               "[default: docs/noise_floors.json when it exists].")
 @click.option("--full-plan", is_flag=True, help="List every run of the full study (missing ones as 'not run').")
 def cli(outdirs: tuple[str, ...], out: str, cpu_floors: str | None, full_plan: bool) -> None:
-    """Build RESULTS.md and results_fid.png from the study's run directories."""
+    """Build the study report and results_fid.png from the study's run directories (or their summary.json)."""
     if cpu_floors is None and Path("docs/noise_floors.json").is_file():
         cpu_floors = "docs/noise_floors.json"
     path = build_report(outdirs[0], out, cpu_floors, full_plan=full_plan, also=outdirs[1:])

@@ -10,7 +10,7 @@ from training.networks.hyper import HyperLinear, fmm_weights
 
 
 def _naive_weight(layer: HyperLinear, w_b: torch.Tensor) -> torch.Tensor:
-    """One object's [c_out, c_in] weight, entry by entry, following REFERENCE.md §1.4."""
+    """One object's [c_out, c_in] weight, entry by entry, following the FMM formula of docs/MODEL.md."""
     c_in, c_out, r = layer.in_features, layer.out_features, layer.rank
     a = layer.affine
     s = (a.weight * (1.0 / math.sqrt(a.in_features))) @ w_b + a.bias               # [(c_in + c_out) r]

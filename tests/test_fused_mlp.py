@@ -296,7 +296,7 @@ def test_kernel_compiles_for_gpus(cc, dtype, num_layers, skip_layer, pipeline):
     """Ahead-of-time compile (no GPU needed): tensor-core instructions and (pipelined) async copies are emitted.
 
     Register spills are a speed property, not asserted here (bench/micro_fused_mlp.py times launch choices): on
-    the H200 machine (triton 3.6) ptxas reported a 24-byte stack for (80, bf16, 8 layers)."""
+    an H200 (triton 3.6) ptxas reported a 24-byte stack for (80, bf16, 8 layers)."""
     pytest.importorskip("triton.compiler")
     try:
         ptx, report = _aot_compile(cc, dtype, num_layers, skip_layer, pipeline)

@@ -1,4 +1,4 @@
-"""Camera-convention guard (DATA.md §2.8.1): the synthetic objects' density oracle, rendered with OUR volume renderer
+"""Camera-convention guard: the synthetic objects' density oracle, rendered with OUR volume renderer
 at dataset poses, must reproduce the data renderer's images (PSNR >= 30 dB, mask IoU >= 0.98 at ss=1).
 
 Any flip, transpose, half-pixel or near/far mismatch between training/rendering and training/synthetic fails this test.

@@ -12,7 +12,7 @@ from training.rendering.volume import (composite, encoding_dim, linear_depths, p
 
 
 def _reference_composite(sigma, rgb, t, dir_norm):
-    """REFERENCE.md §2.5 written with cumprod, as the official code does."""
+    """The authors' compositing (1e10 last interval, exclusive cumprod of 1 - alpha + 1e-10), written with cumprod."""
     delta = torch.cat([t[..., 1:] - t[..., :-1], torch.full_like(t[..., :1], 1e10)], -1) * dir_norm[..., None]
     alpha = 1.0 - torch.exp(-sigma * delta)
     ones = torch.ones_like(alpha[..., :1])

@@ -130,6 +130,44 @@ def test_report_tables_from_synthetic_runs(tmp_path):
     assert results.PALETTE[0] in colors and results.PALETTE[1] in colors  # one line per run
 
 
+def test_summary_reproduces_the_report_without_run_directories(tmp_path, capsys):
+    """`summarize` keeps every number the report reads: after deleting runs/, floors/ and commands.txt, the report
+    built from summary.json alone has the same tables, floors and commands."""
+    import shutil
+    from metrics.detector import DETECTOR_SHA1
+    out = _study(tmp_path)
+    with open(out / "runs" / "cars-baseline-s0" / "train" / "00000-a" / "metric-fid1k_full.jsonl", "a") as f:
+        f.write(json.dumps({"metric": "fid1k_full", "results": {"fid1k_full": 49.0}, "kimg": 200.0,
+                            "detector_sha1": DETECTOR_SHA1}) + "\n")
+    (out / "floors").mkdir()
+    (out / "floors" / "cars-halves.json").write_text(json.dumps(
+        {"label": "cars halves", "kind": "halves", "results": {"fid1k_full": 11.5}, "n_real": 5, "n_fake": 3}))
+    (out / "commands.txt").write_text("python train.py --outdir x\n")
+    (out / "figures").mkdir()
+    PIL.Image.new("RGB", (4, 4)).save(out / "figures" / "cars_sheet.png")
+    before = results.build_report(out, tmp_path / "a" / "RESULTS.md").read_text()
+    assert invoke(reproduce.main, ["summarize", "--outdir", out], capsys)[0] == 0
+    for name in ("runs", "floors"):
+        shutil.rmtree(out / name)
+    (out / "commands.txt").unlink()
+    (out / "study.json").unlink()
+    after = results.build_report(out, tmp_path / "a" / "RESULTS.md").read_text()
+    assert after.split("## Commands")[0] == before.split("## Commands")[0]
+    rerun = "python scripts/reproduce.py run --outdir runs/study --families cars --ablations 'ns8,noaug' --seeds 0,1"
+    assert rerun in before and rerun in after
+    assert "python train.py --outdir x" in before and "The 1 commands it ran" in after
+    assert "cars halves | 11.50" in after and "49.00" in after
+    assert f"every record names the official file (sha1 {DETECTOR_SHA1})" in after
+    # A figure inside the report's directory is linked in place, not copied.
+    inside = results.build_report(out, tmp_path / "R.md").read_text()
+    assert "](study/figures/cars_sheet.png)" in inside and not (tmp_path / "results").exists()
+    # Summarizing needs the run directories; a broken summary is a clear error.
+    assert invoke(reproduce.main, ["summarize", "--outdir", out], capsys)[0] == 1
+    (out / "summary.json").write_text("{")
+    with pytest.raises(UserError, match="not valid JSON"):
+        results.build_report(out, tmp_path / "a" / "RESULTS.md")
+
+
 def test_report_marks_off_grid_snapshots_and_names_the_detector(tmp_path):
     from metrics.detector import DETECTOR_SHA1
     out = _study(tmp_path)
@@ -339,7 +377,8 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch, standin_detector):
     assert row[4] == f"{(fids[0] - fids[1]) / fids[0] * 100:.1f} %"
     floor = json.loads((out / "floors" / "cars-halves.json").read_text())
     assert _row(md, "cars-halves")[1] == f"{floor['results']['fid1k_full']:.2f}" and floor["n_real"] == 32
-    assert (out / "results_fid.png").is_file() and (out / "results" / "cars_sheet.png").is_file()
+    assert (out / "results_fid.png").is_file() and (out / "figures" / "cars_sheet.png").is_file()
+    assert "](figures/cars_sheet.png)" in md and not (out / "results").exists()    # linked in place, not copied
     assert (out / "figures" / "cars_interp.png").is_file()
     # Idempotent: a second invocation runs nothing new and reports the same numbers.
     assert _main(args) == 0

@@ -245,7 +245,7 @@ def test_bad_steps_counted_on_device_and_abort(tiny_data):
 
 @pytest.mark.slow
 def test_acceptance_smoke_synth_chairs(tmp_path, monkeypatch, capsys):
-    """The issue's acceptance command (synthetic set generated into a fresh cache), then --resume auto."""
+    """The README's quick-start command (synthetic set generated into a fresh cache), then --resume auto."""
     monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
     args = ["--outdir", str(tmp_path / "R"), "--cfg", "smoke", "--data", "synth:chairs"]
     code, out, err = cli([*args, "--kimg", "0.2"], capsys)

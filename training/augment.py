@@ -1,4 +1,4 @@
-"""The augmentation pipe applied to reals and fakes before every D call (REFERENCE.md section 4).
+"""The augmentation pipe applied to reals and fakes before every D call (the authors' `augment.py`; docs/MODEL.md).
 
 Modes:
 * "fixed" (the official default): images larger than the patch size P are cropped to a random P x P window (always,
@@ -16,6 +16,9 @@ Deliberate deviations from the reference, all documented here:
 * Crop offsets cover every valid start 0..H-P (the reference's exclusive randint never shows the last row/column).
 * Reals are cropped before the other transforms (the reference flips the full image, then crops): the distribution
   is the same for flips, and the ADA transforms then see exactly what fakes see (a P x P patch).
+* x-flips are exact mirrors. The reference sends every batch through its geometric stage (2x sym6 up-sampling,
+  grid_sample, 2x down-sampling), which is lossless for the identity but turns a mirror into a slightly filtered
+  mirror (about 5 % relative L2 on rendered patches), for reals and fakes alike.
 * ADA resamples with plain bilinear interpolation at the patch resolution (the ADA paper supersamples 2x with a
   wavelet filter to limit aliasing); blit transforms and the identity are still exact.
 

@@ -1,6 +1,8 @@
 """Volume-rendering maths as pure functions: sample depths, positional encoding, density activation, compositing.
 
-The encoding lives in torch_utils/ops/encoding.py (the fused MLP kernel builds the same one) and is re-exported here.
+Reference behaviour: the authors' positional encoding, density/colour heads, stratified sampling and compositing
+(docs/MODEL.md). The encoding lives in torch_utils/ops/encoding.py (the fused MLP kernel builds the same one) and
+is re-exported here.
 Every random draw takes an explicit torch.Generator (None = global RNG) and happens on the given device.
 Density activation, transmittance and the weighted sums run in at least fp32 whatever the input dtype.
 """

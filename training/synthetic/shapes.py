@@ -1,7 +1,7 @@
 """Procedural shape families as unions of oriented convex primitives (owns `Primitive`, `ObjectSpec`, `make_object`).
 
 Object frame = world frame of the camera convention: z up, the object centred at the origin, mirror-symmetric about
-the x-z plane (y -> -y), bounding-sphere radius rho ~ U[0.80, 0.92] after normalisation (DATA.md section 2.3).
+the x-z plane (y -> -y), bounding-sphere radius rho ~ U[0.80, 0.92] after normalisation.
 Cars and planes point their front along +x; chairs face +x (the back is at -x).
 
 Primitive sizes: box = half-extents (hx, hy, hz); ellipsoid = semi-axes (ax, ay, az); cylinder (axis = local y) =
@@ -194,7 +194,7 @@ CAR_SUBTYPES = ("sedan", "hatch", "suv", "pickup", "van")
 
 
 def _car_dims(rng: np.random.Generator, subtype: str) -> dict[str, float]:
-    """Body, wheel and cabin dimensions for a car sub-type (DATA.md 2.3 ranges)."""
+    """Body, wheel and cabin dimensions for a car sub-type (uniform ranges)."""
     d = {"L": rng.uniform(1.5, 2.0), "W": rng.uniform(0.65, 0.9), "H": rng.uniform(0.25, 0.4),
          "r": rng.uniform(0.13, 0.2), "hw": rng.uniform(0.05, 0.08), "wb": rng.uniform(0.55, 0.7)}
     d["cl"], d["co"], d["ch"] = rng.uniform(0.35, 0.6), rng.uniform(-0.15, 0.1), rng.uniform(0.18, 0.3)

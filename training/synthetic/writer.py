@@ -1,7 +1,7 @@
 """Writes a synthetic family as a StyleGAN2-ADA dataset zip plus a ground-truth sidecar (owns `write_dataset_zip`).
 
 Zip: ZIP_STORED, RGB PNGs (compress_level 6) named `{idx//1000:05d}/img{idx:08d}.png`, and `dataset.json` with the
-EG3D-style 25-float labels, the camera block, the object table and the generator record (DATA.md section 2.5).
+EG3D-style 25-float labels, the camera block, the object table and the generator record.
 Sidecar `<stem>_gt.npz` next to the zip (never inside it): depth float32 [N,H,W] (camera-z, +inf = background),
 alpha uint8 [N,H,W] (coverage * 255, rounded), part uint8 [N,H,W] (0 = background), c2w float32 [N,4,4], and
 `meta_json` (uint8 UTF-8 bytes of a JSON dict with fnames, part names and every object's primitive list). Read it
