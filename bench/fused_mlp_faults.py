@@ -4,9 +4,9 @@
     python bench/fused_mlp_faults.py --sanitize        # the same under compute-sanitizer memcheck (first report kept)
     python bench/fused_mlp_faults.py --only 64,4,1,2   # one launch: BLOCK_N, num_warps, pipeline (0/1), num_stages
 
-Sessions 5 and 6 saw the launch that was then the default (BLOCK_N 64, 4 warps, pipelined, 2 stages) fault on H200
-machines with an out-of-bounds shared-memory read in a hidden layer's `tl.dot` (docs/PERFORMANCE.md); session 7's
-table made 64 points on 8 warps the default (docs/bench/bench-h200-2026-12-01-s7.json). A fault leaves a process's CUDA
+On H200 GPUs the launch that was once the default (BLOCK_N 64, 4 warps, pipelined, 2 stages) faulted with an
+out-of-bounds shared-memory read in a hidden layer's `tl.dot` (docs/PERFORMANCE.md); this script's table of launches
+made 64 points on 8 warps the default. A fault leaves a process's CUDA
 context unusable, so every launch runs in a fresh child on small shapes (2 objects, 77 and 1,000 points; 4 layers;
 8 layers with the skip; fp16 and bf16) against `reference_evaluate` with the same rounding. Each row prints ok (with
 the worst relative L2 error), mismatch, or the child's last error line. The last line names the launches that passed

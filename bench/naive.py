@@ -1,7 +1,7 @@
 """A naive HyperNeRFGAN generator with the reference implementation's structure, for the speed benchmark only.
 
 It reuses the parameters of a `training.networks.generator.Generator` (so its images can be compared with ours) but
-renders the way the authors' code does (REFERENCE.md §2.7, §10 items 14-17): a python loop over objects, poses from
+renders the way the authors' code does (the authors' renderer): a python loop over objects, poses from
 numpy, rays, stratified depths and the 63-d positional encoding built on the CPU, 65,536-point chunks copied to the
 GPU, FMM weights rebuilt per chunk, each layer applied as a per-point `matmul(W, x[..., None])`, relu * sqrt(2) as a
 separate op, and compositing with a cumulative product. fp32 everywhere. Never used by training.

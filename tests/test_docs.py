@@ -291,7 +291,7 @@ def test_readme_commands_name_real_tools_and_options() -> None:
 @pytest.mark.parametrize("line, message", [
     ("python train.py --outdir runs --cfgg t4", "no option '--cfgg'"),
     ("python generate.py imagez --network PKL", "no subcommand 'imagez'"),
-    ("python generate.py images --network PKL --mlp fastest", "is not one of"),
+    ("python generate.py images --network PKL --impl fastest", "is not one of"),
     ("python dataset_tool.py info a.zip b.zip", "unexpected argument"),
     ("make tests", "no make target"),
     ("frobnicate --now", "neither one of this project's tools"),

@@ -1,7 +1,7 @@
 """The project speaks of the project alone: no file (code, comments, docstrings, CLI help, warnings, docs, tests,
 notebooks, configs) and no file name talks about how the software was developed. A user reads about the model, the
 code and the measurements, cites the paper, the authors' repository or this repository's own documents, and finds
-history in docs/CHANGELOG.md as dated entries."""
+history in CHANGELOG.md as dated entries."""
 from __future__ import annotations
 
 import re
@@ -53,16 +53,6 @@ ALLOWED: list[tuple[str, str]] = [
     ("notebooks/hypernerfgan_t4.ipynb", "If the session disconnects"),
 ]
 
-# Files other changes still have to reword; each entry must still have a hit (strict xfail below), so that the
-# list only ever shrinks.
-PENDING: set[str] = {
-    "bench/fused_mlp_faults.py", "bench/micro_fused_mlp.py", "bench/naive.py", "bench/train_speed.py",
-    "torch_utils/ops/fir_kernel.py", "torch_utils/ops/fused_mlp.py", "torch_utils/ops/object_linear.py",
-    "training/config.py", "docs/CONFIG.md",          # docs/CONFIG.md is generated from training/config.py's comments
-    "training/loss.py", "training/networks/discriminator.py", "training/networks/hyper.py",
-    "training/networks/mapping.py", "training/networks/nerf.py", "training/training_loop.py",
-}
-
 
 def _joined(line: str, following: str) -> tuple[str, int]:
     """A line's end and the next line's start as one phrase (comment markers and string quotes dropped), so that a
@@ -109,15 +99,9 @@ FILES = repo_files()
 
 def test_no_development_history_in_the_tree() -> None:
     # This file is left out: its examples below are the wording that must be caught.
-    found = tree_hits([p for p in FILES if str(p) not in PENDING and p.name != Path(__file__).name])
+    found = tree_hits([p for p in FILES if p.name != Path(__file__).name])
     assert not found, "Words about how the software was developed:\n" + "\n".join(
         h for hs in found.values() for h in hs)
-
-
-@pytest.mark.parametrize("path", sorted(PENDING))
-@pytest.mark.xfail(strict=True, reason="still to be reworded; remove the file from PENDING once it is clean")
-def test_pending_files_still_listed(path: str) -> None:
-    assert not tree_hits([Path(path)])
 
 
 @pytest.mark.parametrize("line", [

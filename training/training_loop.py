@@ -309,7 +309,7 @@ def divergence_warning(stats: dict) -> str | None:
         signs.append(f"the mean R1 penalty is {r1:.4g}")
     if not signs:
         return None
-    return (f"Warning: {' and '.join(signs)}: the discriminator is probably diverging (README, known issue). Resume "
+    return (f"Warning: {' and '.join(signs)}: the discriminator is probably diverging (README, Troubleshooting). Resume "
             f"an earlier training state with --set d_lr=0.001 (in the runs we measured it delayed or prevented the "
             f"divergence).")
 
@@ -386,8 +386,8 @@ def empty_render_warning(opacity: torch.Tensor) -> str | None:
     if opacity.numel() == 0 or float(opacity.max()) >= EMPTY_OPACITY:
         return None
     return (f"Warning: G_ema renders empty scenes (mean opacity at most {float(opacity.max()):.2g} in all "
-            f"{opacity.numel()} probe renders): the generator has probably collapsed to no density (README, known "
-            f"issue). Restart with another --seed or with --set d_lr=0.001, or resume a training state from before the "
+            f"{opacity.numel()} probe renders): the generator has probably collapsed to no density (README, "
+            f"Troubleshooting). Restart with another --seed or with --set d_lr=0.001, or resume a training state from before the "
             f"collapse with --set d_lr=0.001.")
 
 
@@ -405,7 +405,7 @@ def frozen_g_warning(before: torch.Tensor | None, after: torch.Tensor, steps: in
     why = "zero gradients or skipped optimiser steps" if name == "G" else "its EMA update does not run"
     return (f"Warning: none of {name}'s {after.numel()} parameter tensors changed during this tick ({steps} steps): "
             f"{name} is not learning ({why}; FID stays at its first value). This is a bug or a broken GPU setup, "
-            f"not a training dynamic: stop the run and check the setup as the README's known issues describe (the "
+            f"not a training dynamic: stop the run and check the setup as the README's Troubleshooting section describes (the "
             f"GPU tests, or --set impl=reference).")
 
 
@@ -454,7 +454,7 @@ def maintenance(run: EasyDict, done: bool) -> None:
         raise TrainingDiverged(
             f"Training stopped: G did not change in {run.frozen_ticks} consecutive ticks (max_frozen_ticks = "
             f"{run.cfg.max_frozen_ticks}) at kimg {run.cur_nimg / 1000:.3f}, so more steps would not train it. This "
-            f"is a bug or a broken GPU setup: check it as the README's known issues describe, or try --set "
+            f"is a bug or a broken GPU setup: check it as the README's Troubleshooting section describes, or try --set "
             f"impl=reference or --precision fp32. --set max_frozen_ticks=0 trains on regardless.")
     dist_utils.barrier()
     run.tick_start_nimg = run.cur_nimg
