@@ -8,7 +8,7 @@ parts failure of the reference crops in minutes per run, and the same runs with 
 disjoint --only lists to use two cores), then evaluates fid1k_full and pr1k3_full on its last snapshot on the CPU.
 `report` writes summary.json (the numbers of every run), one contact sheet per data resolution (the last G_ema grid
 of each run, rows = runs) and prints the Markdown table. Every run: synthetic cars (2,000 images), `--cfg
-cars,[RECIPE,]smoke --set num_layers=4`, 16 px patches, 20 kimg, one thread.
+cars,[RECIPE,]smoke --set num_layers=4`, 16 px patches, 10 kimg, one thread.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KIMG = 20
+KIMG = 10
 METRICS = ("fid1k_full", "pr1k3_full")
 COMMON = ["--set", "num_layers=4", "--set", "synth_count=2000", "--set", "kimg_per_tick=2", "--set", "snap=5",
           "--set", "image_snap=5", "--metrics", "none"]
@@ -147,7 +147,11 @@ def main() -> None:
     ap.add_argument("--docs", default="docs/whole_objects")
     a = ap.parse_args()
     outdir = Path(a.outdir).resolve()
-    runs = [r for r in plan() if a.only is None or r["name"] in a.only]
+    by_name = {r["name"]: r for r in plan()}
+    unknown = [n for n in a.only or [] if n not in by_name]
+    if unknown:
+        sys.exit(f"Unknown run name(s) {', '.join(unknown)}: see `{Path(__file__).name} plan` for the planned runs.")
+    runs = plan() if a.only is None else [by_name[n] for n in a.only]        # in the order given
     if a.command == "plan":
         for r in runs:
             print(r["name"], "python", " ".join(train_args(r, outdir)))

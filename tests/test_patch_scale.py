@@ -221,6 +221,23 @@ def test_scale_aware_d_gradients_and_r1():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.slow
+def test_scale_aware_d_and_the_law_compile_without_graph_breaks():
+    """The compiled first-order D of the fast path takes the window features as one more tensor input; the law's
+    draw is static-shape device code (fullgraph: no graph break, no host sync)."""
+    D = _cond_D()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    c = torch.rand(4, 3, generator=torch.Generator().manual_seed(1))
+    out = torch.compile(D, backend="aot_eager", fullgraph=True)(x, mp_dtype=torch.bfloat16, patch=c)
+    out.sum().backward()
+    torch.testing.assert_close(out, D(x, mp_dtype=torch.bfloat16, patch=c), rtol=0, atol=1e-5)
+    nimg = torch.full([], 5000, dtype=torch.int64)
+    law = _law("beta", 0.001, 0.8, kimg=10.0, nimg=nimg)
+    u = torch.rand(64, generator=torch.Generator().manual_seed(2))
+    draw = torch.compile(lambda v: law.scale_from_uniform(v, law.param()), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(draw(u), law.scale_from_uniform(u, law.param()), rtol=0, atol=1e-6)
+
+
 def test_paired_scoring_with_windows_equals_two_calls():
     from training.loss import HyperNeRFGANLoss
     D = _cond_D()
