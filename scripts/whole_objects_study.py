@@ -24,15 +24,14 @@ KIMG = 10
 METRICS = ("fid1k_full", "pr1k3_full")
 COMMON = ["--set", "num_layers=4", "--set", "synth_count=2000", "--set", "kimg_per_tick=2", "--set", "snap=5",
           "--set", "image_snap=5", "--metrics", "none"]
-ANNEAL = ["--set", f"patch_scale_anneal_kimg={KIMG}"]
+ANNEAL = ["--set", f"patch_scale=beta:0.001:0.8:{KIMG}"]   # the recipes' law, annealed over the run
 # name -> (presets, extra --set items, what it is)
 VARIANTS = {
     "ref": ("cars,smoke", [], "reference crops (faithful law), reference d_lr 0.0025"),
     "ref-dlr": ("cars,smoke", ["--set", "d_lr=0.001"], "reference crops, d_lr 0.001"),
     "beta": ("cars,t4-whole-uncond,smoke", ANNEAL, "t4-whole-uncond: beta law 0.001 -> 0.8, plain D, d_lr 0.001"),
     "beta-cond": ("cars,t4-whole,smoke", ANNEAL, "t4-whole: beta law 0.001 -> 0.8, scale-aware D, d_lr 0.001"),
-    "unif-cond": ("cars,t4-whole,smoke", ANNEAL + ["--set", "patch_scale_law=uniform", "--set",
-                  "patch_scale_start=1", "--set", "patch_scale_end=0"],
+    "unif-cond": ("cars,t4-whole,smoke", ["--set", f"patch_scale=uniform:1:0:{KIMG}"],
                   "uniform law, lower bound 1 -> s_min, scale-aware D, d_lr 0.001"),
 }
 

@@ -253,7 +253,7 @@ def test_paired_scoring_with_windows_equals_two_calls():
 def test_training_steps_with_the_recipe_law_and_scale_aware_d():
     from training.phases import TrainStep
     from training.training_loop import build_networks
-    cfg = resolve_config("carla,t4-whole,smoke", ["synth_resolution=32", "patch_scale_anneal_kimg=0.008"])
+    cfg = resolve_config("carla,t4-whole,smoke", ["synth_resolution=32", "patch_scale=beta:0.001:0.8:0.008"])
     nets = build_networks(cfg, 32, torch.device("cpu"))
     step = TrainStep(cfg, nets.G, nets.D, nets.G_ema, nets.augment_pipe, torch.device("cpu"),
                      torch.Generator().manual_seed(0))
@@ -271,8 +271,7 @@ def test_training_steps_with_the_recipe_law_and_scale_aware_d():
 # Configuration and recipes.
 
 FAITHFUL = ["t4", "standard", "carla", "cars", "planes", "chairs", "ns8", "patch8", "noaug", "gamma05"]
-NEW_KEYS = {"patch_scale_law": "fixed", "patch_scale_start": 0.0, "patch_scale_end": 0.0,
-            "patch_scale_anneal_kimg": 0.0, "d_patch_cond": False}
+NEW_KEYS = {"patch_scale": "fixed", "d_patch_cond": False}
 
 
 def test_faithful_presets_config_hashes_are_unchanged():
@@ -308,7 +307,7 @@ def test_recipes_state_their_departures_and_resolve():
     assert {"t4-whole", "t4-whole-uncond", "t4-standard"} <= set(list_recipes())
     whole = resolve_config("cars,t4-whole")
     assert (whole.patch_size, whole.num_samples, whole.batch) == (32, 32, 4)
-    assert whole.patch_scale_law == "beta" and whole.d_patch_cond and whole.d_lr == 0.001
+    assert whole.patch_law == ("beta", 0.001, 0.8, 200.0) and whole.d_patch_cond and whole.d_lr == 0.001
     assert whole.num_layers == 8 and whole.r1_gamma == 1.0                  # the dataset preset's values stay
     assert not resolve_config("t4-whole-uncond").d_patch_cond
     std, t4s = resolve_config("standard").to_dict(), resolve_config("t4-standard").to_dict()
@@ -319,11 +318,14 @@ def test_recipes_state_their_departures_and_resolve():
 
 
 @pytest.mark.parametrize("sets, match", [
-    (["patch_scale_law=gamma"], "patch_scale_law 'gamma'"),
-    (["patch_scale_law=beta", "patch_scale_start=0"], "Beta"),
-    (["patch_scale_law=uniform", "patch_scale_end=1.5"], r"\[0, 1\]"),
-    (["patch_scale_law=uniform", "patch_max_spacing=2"], "patch_scale_law=uniform instead"),
-    (["patch_scale_anneal_kimg=-1"], "anneal_kimg"),
+    (["patch_scale=gamma:1"], "the law 'gamma'"),
+    (["patch_scale=beta:0"], "Beta"),
+    (["patch_scale=uniform:0.5:1.5"], r"\[0, 1\]"),
+    (["patch_scale=uniform:0.5", "patch_max_spacing=2"], "patch_scale=uniform:LOW instead"),
+    (["patch_scale=beta:0.1:0.2:-1"], "KIMG must be >= 0"),
+    (["patch_scale=beta"], "LAW:START"),
+    (["patch_scale=beta:x"], "must be numbers"),
+    (["patch_scale=fixed:1"], "takes no parameters"),
 ])
 def test_bad_law_settings_are_refused(sets, match):
     with pytest.raises(UserError, match=match):
@@ -367,7 +369,7 @@ def test_dry_run_prints_the_scale_aware_d(capsys, tmp_path):
     code, out, err = _cli(["--outdir", tmp_path, "--cfg", "cars,t4-whole", "--data", "/not/used", "--dry-run"],
                           capsys)
     assert code == 0, err
-    assert "D.patch_cond" in out and '"patch_scale_law": "beta"' in out
+    assert "D.patch_cond" in out and '"patch_scale": "beta:0.001:0.8:200"' in out
 
 
 @pytest.mark.parametrize("recipe", ["t4-whole", "t4-whole-uncond", "t4-standard"])
@@ -401,7 +403,7 @@ def test_resume_is_exact_with_an_annealed_law(tiny_data, tmp_path, capsys):
     """8 steps straight == 4 steps + --resume auto + 4 steps, while the beta law anneals over those 8 steps."""
     common = ["--cfg", "chairs,t4-whole,smoke", "--data", tiny_data, "--deterministic", "--set", "grid_w=2",
               "--set", "grid_h=2", "--set", "d_reg_interval=3", "--set", "kimg_per_tick=0.016", "--set",
-              "patch_scale_anneal_kimg=0.032", "--set", "patch_scale_start=0.01", "--set", "patch_scale_end=2"]
+              "patch_scale=beta:0.01:2:0.032"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _cli(["--outdir", straight, *common, "--kimg", "0.032"], capsys)[0] == 0
     assert _cli(["--outdir", split, *common, "--kimg", "0.016"], capsys)[0] == 0
@@ -417,3 +419,16 @@ def test_resume_is_exact_with_an_annealed_law(tiny_data, tmp_path, capsys):
     sb = [json.loads(x) for x in (_run_dir(split) / "stats.jsonl").read_text().splitlines()]
     assert sa[-1]["PatchScale/param"]["mean"] == pytest.approx(sb[-1]["PatchScale/param"]["mean"], rel=1e-6)
     assert sa[-1]["PatchScale/param"]["mean"] > sa[0]["PatchScale/param"]["mean"]       # it annealed
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("fixed", ("fixed", 0.0, 0.0, 0.0)),
+    ("beta:0.001:0.8:200", ("beta", 0.001, 0.8, 200.0)),
+    ("uniform:0.5", ("uniform", 0.5, 0.5, 0.0)),
+    ("uniform:1:0.25", ("uniform", 1.0, 0.25, 0.0)),
+])
+def test_patch_scale_spec_parses(spec, want):
+    from training.config import parse_patch_scale
+    assert parse_patch_scale(spec) == want
+    cfg = resolve_config("t4", [f"patch_scale={spec}"])
+    assert cfg.patch_law == want

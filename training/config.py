@@ -92,8 +92,6 @@ class TrainConfig:
     ema_rampup: float = 0.05             # EMA half-life ramps up as ema_rampup * cur_nimg (0 = off)
     max_bad_steps: int = 100             # abort after this many consecutive steps with non-finite gradients
     max_frozen_ticks: int = 2            # abort after this many consecutive ticks in which G did not change (0: never)
-    loss_scale_init: float = 32768.0     # fp16 only: initial dynamic loss scale
-    loss_scale_growth_interval: int = 1000
     # Logging, snapshots, metrics.
     kimg_per_tick: float = 4.0
     snap: int = 50                       # network snapshot + training state every this many ticks (0 = only at end)
@@ -105,10 +103,10 @@ class TrainConfig:
     metrics: list = field(default_factory=list)
     metrics_detector: str = ""           # feature detector file of the snapshot metrics ("" = the official Inception)
     # Whole-object training (opt-in; training/patch_scale.py, configs/recipes/). The defaults are the reference.
-    patch_scale_law: str = "fixed"       # fixed (full-resolution crops) | uniform | beta: the scale of D's patches
-    patch_scale_start: float = 0.0       # the law's parameter at kimg 0 (uniform: lower bound of the scale;
-    patch_scale_end: float = 0.0         # beta: b of Beta(1, b)) ... and after patch_scale_anneal_kimg (linear)
-    patch_scale_anneal_kimg: float = 0.0  # 0: the end value from the start
+    patch_scale: str = "fixed"           # the scale of D's patches: fixed (full-resolution crops, the reference) or
+                                         # LAW:START[:END[:KIMG]], LAW uniform (parameter: the lower bound of the
+                                         # scale) or beta (b of Beta(1, b)), the parameter moving linearly from START
+                                         # to END over the first KIMG kimg (END = START, KIMG = 0 when left out)
     d_patch_cond: bool = False           # scale-aware D: conditioned on each patch's scale and position
 
     def __post_init__(self) -> None:
@@ -129,7 +127,7 @@ class TrainConfig:
                      "synth_count", "d_reg_interval", "g_reg_interval", "ada_interval", "grid_w", "grid_h",
                      "ray_chunk", "mbstd_group", "max_bad_steps", "z_dim", "w_dim", "rank"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
-        for name in ("kimg", "kimg_per_tick", "g_lr", "d_lr", "eps", "ema_kimg", "ada_kimg", "loss_scale_init"):
+        for name in ("kimg", "kimg_per_tick", "g_lr", "d_lr", "eps", "ema_kimg", "ada_kimg"):
             need(getattr(self, name) > 0, f"{name} must be > 0 (got {getattr(self, name)}).")
         for name in ("seed", "workers", "snap", "image_snap", "max_frozen_ticks", "r1_gamma", "ema_rampup", "perturb",
                      "raw_noise_std"):
@@ -156,23 +154,29 @@ class TrainConfig:
                  f"patch_size {self.patch_size} is larger than the data resolution {synth_res}: use --set "
                  f"patch_size={_pow2_floor(synth_res)} or a larger synth_resolution.")
 
+    @property
+    def patch_law(self) -> tuple[str, float, float, float]:
+        """patch_scale as (law, start, end, anneal_kimg); ('fixed', 0, 0, 0) for the reference crops."""
+        return parse_patch_scale(self.patch_scale)
+
     def _validate_patch_scale(self, need) -> None:
-        from training.patch_scale import LAWS
-        need(self.patch_scale_law in LAWS, f"patch_scale_law '{self.patch_scale_law}' is not one of "
-             f"{', '.join(LAWS)} (fixed = the reference's full-resolution crops).")
-        need(self.patch_scale_anneal_kimg >= 0, f"patch_scale_anneal_kimg must be >= 0 (got "
-             f"{self.patch_scale_anneal_kimg}).")
-        ends = (self.patch_scale_start, self.patch_scale_end)
-        if self.patch_scale_law == "uniform":
-            need(all(0.0 <= v <= 1.0 for v in ends), f"the uniform law's patch_scale_start/end are lower bounds of "
-                 f"the scale (a fraction of the frame, 0 = the smallest patch) and must lie in [0, 1]; got {ends}.")
-        if self.patch_scale_law == "beta":
-            need(all(v > 0 for v in ends), f"the beta law's patch_scale_start/end are b of Beta(1, b) and must be "
-                 f"> 0 (0.001: almost always the whole frame; 1: uniform scales); got {ends}.")
-        need(self.patch_max_spacing == 1.0 or (self.patch_scale_law == "fixed" and not self.d_patch_cond),
+        try:
+            law, start, end, kimg = self.patch_law
+        except ValueError as exc:
+            need(False, str(exc))
+            return
+        need(kimg >= 0, f"patch_scale's annealing length KIMG must be >= 0 (got {kimg:g}).")
+        if law == "uniform":
+            need(0.0 <= start <= 1.0 and 0.0 <= end <= 1.0, f"the uniform law's START and END in patch_scale are "
+                 f"lower bounds of the scale (a fraction of the frame, 0 = the smallest patch) and must lie in "
+                 f"[0, 1]; got {start:g} and {end:g}.")
+        if law == "beta":
+            need(start > 0 and end > 0, f"the beta law's START and END in patch_scale are b of Beta(1, b) and must "
+                 f"be > 0 (0.001: almost always the whole frame; 1: uniform scales); got {start:g} and {end:g}.")
+        need(self.patch_max_spacing == 1.0 or (law == "fixed" and not self.d_patch_cond),
              f"patch_max_spacing={self.patch_max_spacing:g} (random-scale windows) does not combine with "
-             f"patch_scale_law={self.patch_scale_law} or d_patch_cond: use --set patch_scale_law=uniform instead "
-             f"(the same windows, as scales, with annealing).")
+             f"patch_scale={self.patch_scale} or d_patch_cond: use --set patch_scale=uniform:LOW instead "
+             f"(the same kind of windows, as scales, with annealing).")
 
     def synth_spec_resolution(self) -> int | None:
         """Resolution a 'synth:' data spec will have, or None for a file dataset / no data."""
@@ -230,9 +234,34 @@ class TrainConfig:
         data = self.data.replace("synth:", "synth_").split(":")[0]
         data = Path(data).stem if not data.startswith("synth_") else data
         rs = f"rs{self.patch_max_spacing:g}" if self.patch_max_spacing > 1 else ""
-        law = "" if self.patch_scale_law == "fixed" else f"ps{self.patch_scale_law}"
+        law = "" if self.patch_law[0] == "fixed" else f"ps{self.patch_law[0]}"
         parts = [*cfg_names, data, f"b{self.batch}", self.aug, rs, law, "dcond" if self.d_patch_cond else ""]
         return "-".join(p for p in parts if p).replace("/", "_")
+
+
+def parse_patch_scale(spec: str) -> tuple[str, float, float, float]:
+    """'fixed' | 'LAW:START[:END[:KIMG]]' -> (law, start, end, anneal_kimg). Raises ValueError with a message for
+    users. END defaults to START (no annealing), KIMG to 0 (the END value from the start)."""
+    from training.patch_scale import LAWS as laws
+    parts = [p.strip() for p in str(spec).split(":")]
+    law = parts[0]
+    if law not in laws:
+        raise ValueError(f"patch_scale '{spec}': the law '{law}' is not one of {', '.join(laws)} (fixed = the "
+                         f"reference's full-resolution crops; e.g. beta:0.001:0.8:200).")
+    if law == "fixed":
+        if len(parts) > 1:
+            raise ValueError(f"patch_scale '{spec}': the fixed law takes no parameters.")
+        return ("fixed", 0.0, 0.0, 0.0)
+    if not 2 <= len(parts) <= 4:
+        raise ValueError(f"patch_scale '{spec}' must read LAW:START[:END[:KIMG]], e.g. beta:0.001:0.8:200.")
+    try:
+        nums = [float(p) for p in parts[1:]]
+    except ValueError:
+        raise ValueError(f"patch_scale '{spec}': START, END and KIMG must be numbers.") from None
+    start = nums[0]
+    end = nums[1] if len(nums) > 1 else start
+    kimg = nums[2] if len(nums) > 2 else 0.0
+    return (law, start, end, kimg)
 
 
 def _pow2_floor(n: int) -> int:
@@ -257,7 +286,8 @@ def _field_types() -> dict[str, Any]:
 # config (training state, snapshot, training_options.json) that holds them still loads: they are dropped with one line.
 RETIRED_KEYS = ("cuda_graphs", "data_on_gpu_gb", "d_channels_last", "d_compile", "r1_channels_last", "d_fir",
                 "d_epilogue_split", "d_epilogue_split_rows", "r1_fir", "g_compile", "g_gemm_tuning", "g_train_mlp",
-                "g_fakes_mlp", "ema_overlap", "d_step_overlap", "metrics_mlp", "r1_fp32")
+                "g_fakes_mlp", "ema_overlap", "d_step_overlap", "metrics_mlp", "r1_fp32", "loss_scale_init",
+                "loss_scale_growth_interval")
 
 
 def drop_retired_keys(d: dict[str, Any], source: str) -> dict[str, Any]:

@@ -185,10 +185,10 @@ def scale_histogram(scales: torch.Tensor, s_min: float, bins: int = 4) -> torch.
 def law_from_config(cfg, resolution: int, nimg: torch.Tensor | None = None) -> PatchScaleLaw | None:
     """The law of a TrainConfig, or None for the reference crops (fixed law and no patch_max_spacing): the faithful
     code path, untouched."""
-    if cfg.patch_scale_law == "fixed":
+    law, start, end, anneal_kimg = cfg.patch_law
+    if law == "fixed":
         return None
-    return PatchScaleLaw(cfg.patch_scale_law, resolution, cfg.patch_size, cfg.patch_scale_start,
-                         cfg.patch_scale_end, cfg.patch_scale_anneal_kimg, nimg=nimg)
+    return PatchScaleLaw(law, resolution, cfg.patch_size, start, end, anneal_kimg, nimg=nimg)
 
 
 def expected_mean_scale(law: str, param: float, s_min: float) -> float:

@@ -36,12 +36,11 @@ class TrainStep:
         d_lr, d_betas = lazy_reg_hparams(cfg.d_lr, cfg.beta1, cfg.beta2, cfg.d_reg_interval)
         self.opt_G = make_optimizer(self.G_params, g_lr, g_betas, cfg.eps, device)
         self.opt_D = make_optimizer(self.D_params, d_lr, d_betas, cfg.eps, device)
-        self.guard_G = GradGuard(self.G_params, device, dynamic, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
-        self.guard_D = GradGuard(self.D_params, device, dynamic, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
+        self.guard_G = GradGuard(self.G_params, device, dynamic)   # fp16: dynamic loss scale from 2^15
+        self.guard_D = GradGuard(self.D_params, device, dynamic)
         # The R1 phase has its own fp16 loss scale: its double backward through a sharp D overflows at scales where
         # Dmain's gradients are fine, and one shared scale would shrink until Dmain's fp16 gradients underflow.
-        self.guard_Dreg = GradGuard(self.D_params, device, dynamic, cfg.loss_scale_init,
-                                    cfg.loss_scale_growth_interval)
+        self.guard_Dreg = GradGuard(self.D_params, device, dynamic)
         for guard, opt in ((self.guard_G, self.opt_G), (self.guard_D, self.opt_D), (self.guard_Dreg, self.opt_D)):
             guard.attach(opt)   # fp16: fused Adam skips steps with non-finite gradients on the device
         # Whole-object training (opt-in): the patch-scale law anneals on `law_nimg`, the image count at the start of

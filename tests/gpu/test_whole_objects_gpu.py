@@ -13,7 +13,7 @@ from training.training_loop import build_networks, configure_torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 SETS = ["synth_resolution=64", "patch_size=16", "num_samples=8", "width=32", "d_channel_base=1024",
-        "d_channel_max=64", "patch_scale_anneal_kimg=0.04", "d_reg_interval=4"]
+        "d_channel_max=64", "patch_scale=beta:0.001:0.8:0.04", "d_reg_interval=4"]
 
 
 def _train(sets: list[str], steps: int, graphs: bool):
