@@ -57,9 +57,11 @@ def _default(f: dataclasses.Field) -> str:
 
 
 def presets() -> list[tuple[str, str, dict]]:
-    """(name, description from the leading comment lines, keys set) of every configs/*.toml."""
+    """(name, description from the leading comment lines, keys set) of every configs/*.toml, then every recipe
+    (configs/recipes/*.toml)."""
     out = []
-    for path in sorted((REPO / "configs").glob("*.toml")):
+    paths = sorted((REPO / "configs").glob("*.toml")) + sorted((REPO / "configs" / "recipes").glob("*.toml"))
+    for path in paths:
         text = path.read_text(encoding="utf-8")
         comment = []
         for line in text.splitlines():
