@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.naive import naive_render  # noqa: E402
+from bench.train_speed import RandomImages  # noqa: E402  (re-exported for the gate tests)
 from torch_utils import backend  # noqa: E402
 from training.config import resolve_config  # noqa: E402
 from training.fast_step import DeviceImageCache, GraphedTrainStep  # noqa: E402
@@ -29,21 +30,6 @@ from training.training_loop import build_networks, configure_torch  # noqa: E402
 
 T4, STD = "carla,t4", "cars,standard"
 R1_FIRS = ("pool", "depthwise", "triton")
-
-
-class RandomImages:
-    """Stand-in dataset: N random uint8 images."""
-
-    def __init__(self, n: int, res: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.randint(0, 256, [n, 3, res, res], generator=g, dtype=torch.uint8)
-        self.image_shape, self.xflip, self.num_images = (3, res, res), False, n
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.images[i].numpy(), None
 
 
 def make_cfg(presets: str, precision: str, batch: int = 4, impl: str = "auto", extra: tuple = ()):
