@@ -352,10 +352,12 @@ def _merge_study(outdir: Path, opts: dict) -> dict:
     keys = ("kimg", "snap_kimg", "count", "resolution", "smoke", "detector", "ablation_family", "spread_family",
             "train_set")
     study = {k: opts[k] for k in keys} | {k: list(opts[k]) for k in ("families", "ablations", "seeds")}
+    study["setting"] = opts.get("setting", "t4")
     study["ablation_seeds"] = results.ablation_seeds(opts)
     if path.is_file():
-        old = {"train_set": [], **json.loads(path.read_text(encoding="utf-8"))}   # studies from before --set
-        clash = [k for k in ("count", "resolution", "smoke", "snap_kimg", "train_set")
+        old = {"train_set": [], "setting": "t4",                      # studies from before --set / --setting
+               **json.loads(path.read_text(encoding="utf-8"))}
+        clash = [k for k in ("count", "resolution", "smoke", "snap_kimg", "train_set", "setting")
                  if k in old and old[k] != study[k]]
         if clash:
             raise UserError(f"'{outdir}' holds a study with other {', '.join(clash)} "
@@ -417,7 +419,8 @@ def run_study(opts: dict) -> tuple[Path, list[str]]:
     data = {fam: attempt(ensure_dataset, rec, opts, fam) for fam in dict.fromkeys(needed)}
     opts["data"] = {fam: path for fam, path in data.items() if path is not None}
     plan = results.plan_runs(opts["families"], opts["ablations"], opts["seeds"], opts["ablation_family"],
-                             opts["spread_family"], opts["smoke"], opts.get("ablation_seeds"))
+                             opts["spread_family"], opts["smoke"], opts.get("ablation_seeds"),
+                             opts.get("setting", "t4"))
     runs = [run for run in plan if run.family in opts["data"]]
     if opts.get("jobs", 1) > 1:   # independent runs side by side (on one GPU: worth it with NVIDIA MPS, see README)
         with concurrent.futures.ThreadPoolExecutor(opts["jobs"]) as pool:
@@ -464,6 +467,15 @@ def split(source: str, dest_a: str, dest_b: str, count_a: int, count_b: int | No
     click.echo(f"Wrote {dest_a} ({len(a)} images) and {dest_b} ({len(b)} images) from {source} (seed {seed}).")
 
 
+def _setting(name: str) -> str:
+    """--setting: a preset that is neither a family, an ablation nor `smoke`."""
+    from training.config import list_presets
+    valid = [p for p in list_presets() if p not in (*results.FAMILIES, *results.ABLATIONS, "smoke")]
+    if name not in valid:
+        raise UserError(f"--setting '{name}' is not one of {', '.join(valid)}.")
+    return name
+
+
 def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     bad = [n for n in names if n not in valid]
@@ -481,6 +493,9 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
 @click.option("--seeds", default="0,1", show_default=True,
               help="Seeds: the first for every run, the others for the spread family's baseline.")
 @click.option("--spread-family", default="cars", show_default=True, help="Family trained with every seed.")
+@click.option("--setting", default="t4", show_default=True,
+              help="Preset after the family preset in every run: t4 (the T4 study), standard, or a recipe of "
+                   "configs/recipes/ (e.g. t4-whole). Another setting needs another --outdir.")
 @click.option("--ablation-seeds", default=None,
               help="Seeds of the ablation runs, each with the ablation family's baseline at that seed [default: "
                    "the first of --seeds]; e.g. --seeds 0 --ablation-seeds 1 adds seed-1 ablations to a study.")
@@ -508,7 +523,7 @@ def _names(spec: str, valid: tuple[str, ...] | list[str], what: str) -> list[str
               help="With --detector: train.py evaluates each snapshot as it is written (--set metrics_detector=...) "
                    "instead of calc_metrics.py after the run; all --jobs runs may then evaluate at once.")
 def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds: str, spread_family: str,
-        ablation_seeds: str | None,
+        setting: str, ablation_seeds: str | None,
         kimg: float | None, snap_kimg: float | None, count: int | None, resolution: int | None,
         detector: str | None, smoke: bool, report: str | None, train_set: tuple[str, ...], jobs: int,
         metric_jobs: int, metrics_in_training: bool, report_with: tuple[str, ...], full_plan: bool) -> None:
@@ -526,7 +541,7 @@ def run(outdir: str, families: str, ablations: str, ablation_family: str, seeds:
                  ablations=_names(ablations, results.ABLATIONS, "ablation"),
                  ablation_family=_names(ablation_family, fams, "family")[0], seeds=util.parse_int_list(seeds),
                  ablation_seeds=util.parse_int_list(ablation_seeds) if ablation_seeds else None,
-                 spread_family=_names(spread_family, fams, "family")[0],
+                 spread_family=_names(spread_family, fams, "family")[0], setting=_setting(setting),
                  detector=str(Path(detector).resolve()) if detector else None,
                  report=report or str(Path(outdir) / "RESULTS.md" if smoke
                                       else REPO / "docs" / "studies" / "REPORT.md"))

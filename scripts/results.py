@@ -63,17 +63,18 @@ class PlannedRun:
 
 def plan_runs(families: list[str], ablations: list[str], seeds: list[int], ablation_family: str = "cars",
               spread_family: str = "cars", smoke: bool = False,
-              ablation_seeds: list[int] | None = None) -> list[PlannedRun]:
+              ablation_seeds: list[int] | None = None, setting: str = "t4") -> list[PlannedRun]:
     """Baselines of every family (first seed), ablations on `ablation_family` at each of `ablation_seeds` (default:
-    the first seed), extra seeds of `spread_family`, and the ablation family's baseline at every ablation seed."""
+    the first seed), extra seeds of `spread_family`, and the ablation family's baseline at every ablation seed.
+    setting: the preset after the family preset in every run (t4, the T4 study; or standard, or a recipe)."""
     extra = ("smoke",) if smoke else ()
     s0 = seeds[0]
 
     def base(fam: str, s: int) -> PlannedRun:
-        return PlannedRun(f"{fam}-baseline-s{s}", fam, "baseline", s, (fam, "t4") + extra)
+        return PlannedRun(f"{fam}-baseline-s{s}", fam, "baseline", s, (fam, setting) + extra)
 
     def ablation(a: str, s: int) -> PlannedRun:
-        return PlannedRun(f"{ablation_family}-{a}-s{s}", ablation_family, a, s, (ablation_family, "t4", a) + extra)
+        return PlannedRun(f"{ablation_family}-{a}-s{s}", ablation_family, a, s, (ablation_family, setting, a) + extra)
     runs = [base(f, s0) for f in families]
     a_seeds = list(dict.fromkeys(ablation_seeds or [s0]))
     runs += [ablation(a, s0) for a in ablations if s0 in a_seeds]
@@ -122,7 +123,7 @@ def load_study(outdir: str | Path) -> dict:
 
 def study_plan(study: dict) -> list[PlannedRun]:
     return plan_runs(study["families"], study["ablations"], study["seeds"], study["ablation_family"],
-                     study["spread_family"], study["smoke"], ablation_seeds(study))
+                     study["spread_family"], study["smoke"], ablation_seeds(study), study.get("setting", "t4"))
 
 
 def ablation_seeds(study: dict) -> list[int]:

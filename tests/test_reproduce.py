@@ -492,3 +492,20 @@ def test_side_by_side_runs_turn_the_kernels_off_unless_asked():
     assert "HNG_KERNELS=0 for every step" in note and env == {"HNG_KERNELS": "0"}
     env = {"HNG_KERNELS": "1"}
     assert reproduce.side_by_side_env(6, env) is None and env == {"HNG_KERNELS": "1"}   # the caller's choice kept
+
+
+def test_a_study_can_train_another_setting(tmp_path, capsys):
+    """--setting puts a recipe (or standard) after the family preset in every run; another setting needs another
+    --outdir; a family, an ablation or an unknown name is refused before anything runs."""
+    plan = results.plan_runs(["cars", "chairs"], ["ns8"], [0, 1], setting="t4-whole")
+    assert [r.cfg for r in plan] == ["cars,t4-whole", "chairs,t4-whole", "cars,t4-whole,ns8", "cars,t4-whole"]
+    assert results.plan_runs(["cars"], [], [0])[0].cfg == "cars,t4"
+    base = dict(kimg=200.0, snap_kimg=50.0, count=8, resolution=16, smoke=False, detector=None, train_set=[],
+                ablation_family="cars", spread_family="cars", families=["cars"], ablations=[], seeds=[0])
+    assert reproduce._merge_study(tmp_path, base | {"setting": "t4-whole"})["setting"] == "t4-whole"
+    assert results.study_plan(results.load_study(tmp_path))[0].cfg == "cars,t4-whole"
+    with pytest.raises(reproduce.UserError, match="setting"):
+        reproduce._merge_study(tmp_path, base | {"setting": "t4"})
+    for bad in ("cars", "ns8", "smoke", "nope"):
+        code, _, err = invoke(reproduce.main, ["run", "--outdir", str(tmp_path / bad), "--setting", bad], capsys)
+        assert code == 1 and "--setting" in err and not (tmp_path / bad).exists()
