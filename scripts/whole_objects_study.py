@@ -31,6 +31,8 @@ VARIANTS = {
     "ref-dlr": ("cars,smoke", ["--set", "d_lr=0.001"], "reference crops, d_lr 0.001"),
     "beta": ("cars,t4-whole-uncond,smoke", ANNEAL, "t4-whole-uncond: beta law 0.001 -> 0.8, plain D, d_lr 0.001"),
     "beta-cond": ("cars,t4-whole,smoke", ANNEAL, "t4-whole: beta law 0.001 -> 0.8, scale-aware D, d_lr 0.001"),
+    "beta-cond-d25": ("cars,t4-whole,smoke", ANNEAL + ["--set", "d_lr=0.0025"],
+                      "t4-whole with the reference d_lr 0.0025"),
     "unif-cond": ("cars,t4-whole,smoke", ANNEAL + ["--set", "patch_scale_law=uniform", "--set",
                   "patch_scale_start=1", "--set", "patch_scale_end=0"],
                   "uniform law, lower bound 1 -> s_min, scale-aware D, d_lr 0.001"),
