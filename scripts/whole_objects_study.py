@@ -31,6 +31,8 @@ VARIANTS = {
     "ref-dlr": ("cars,smoke", ["--set", "d_lr=0.001"], "reference crops, d_lr 0.001"),
     "beta": ("cars,t4-whole-uncond,smoke", ANNEAL, "t4-whole-uncond: beta law 0.001 -> 0.8, plain D, d_lr 0.001"),
     "beta-cond": ("cars,t4-whole,smoke", ANNEAL, "t4-whole: beta law 0.001 -> 0.8, scale-aware D, d_lr 0.001"),
+    "beta-cond-d25": ("cars,t4-whole,smoke", ANNEAL + ["--set", "d_lr=0.0025"],
+                      "t4-whole with the reference d_lr 0.0025"),
     "unif-cond": ("cars,t4-whole,smoke", ["--set", f"patch_scale=uniform:1:0:{KIMG}"],
                   "uniform law, lower bound 1 -> s_min, scale-aware D, d_lr 0.001"),
 }
@@ -100,17 +102,20 @@ def collect(outdir: Path) -> list[dict]:
 
 
 def contact_sheets(outdir: Path, rows: list[dict], docs: Path) -> list[Path]:
-    """One PNG per data resolution: each run's last G_ema grid (top half: the first grid row), labelled rows."""
+    """One PNG per data resolution: the first row of reals.png, then each run's last G_ema grid (its first row: 4
+    renders of fixed latents and poses), one labelled row each."""
     import PIL.Image
     import PIL.ImageDraw
     out = []
     for res in sorted({r["res"] for r in rows}, reverse=True):
         tiles = []
-        for r in (r for r in rows if r["res"] == res):
-            grid = PIL.Image.open(run_dir_of(outdir, r) / f"fakes{KIMG:06d}.png").convert("RGB")
+        runs = [r for r in rows if r["res"] == res]
+        for r in [dict(runs[0], label="reals", reals=True)] + runs:       # first the data, then each run
+            png = "reals.png" if r.get("reals") else f"fakes{KIMG:06d}.png"
+            grid = PIL.Image.open(run_dir_of(outdir, r) / png).convert("RGB")
             row = grid.crop((0, 0, grid.width, res))                      # the first grid row: 4 renders
             label = PIL.Image.new("RGB", (150, res), "white")
-            PIL.ImageDraw.Draw(label).text((4, res // 2 - 6), r["name"], fill="black")
+            PIL.ImageDraw.Draw(label).text((4, res // 2 - 6), r.get("label", r["name"]), fill="black")
             tile = PIL.Image.new("RGB", (150 + row.width, res), "white")
             tile.paste(label, (0, 0))
             tile.paste(row, (150, 0))
