@@ -227,8 +227,8 @@ def test_crafted_file_through_generate_exits_1_without_running(tmp_path, capsys)
 def test_generate_images_renders_seed_z_from_the_pose_at_native_resolution(tmp_path, capsys):
     path = tmp_path / "carla.pkl"
     small_snapshot(path)
-    code, _, err = invoke(generate.main, ["images", "--network", path, "--seeds", "0", "--pose", "40,25",
-                                          "--outdir", tmp_path / "out", "--device", "cpu", "--impl", "reference"], capsys)
+    code, _, err = invoke(generate.main, ["images", "--network", path, "--seeds", "0", "--pose", "40,25", "--outdir",
+                                          tmp_path / "out", "--device", "cpu", "--impl", "reference"], capsys)
     assert code == 0, err
     img = np.asarray(PIL.Image.open(tmp_path / "out" / "seed0000.png"))
     G = load_network_snapshot(path).G_ema

@@ -309,9 +309,9 @@ def divergence_warning(stats: dict) -> str | None:
         signs.append(f"the mean R1 penalty is {r1:.4g}")
     if not signs:
         return None
-    return (f"Warning: {' and '.join(signs)}: the discriminator is probably diverging (README, Troubleshooting). Resume "
-            f"an earlier training state with --set d_lr=0.001 (in the runs we measured it delayed or prevented the "
-            f"divergence).")
+    return (f"Warning: {' and '.join(signs)}: the discriminator is probably diverging (README, Troubleshooting). "
+            f"Resume an earlier training state with --set d_lr=0.001 (in the runs we measured it delayed or prevented "
+            f"the divergence).")
 
 
 EMPTY_OPACITY = 0.01   # mean pixel opacity under which a render shows no object (real objects cover 10-40 %)
@@ -387,8 +387,8 @@ def empty_render_warning(opacity: torch.Tensor) -> str | None:
         return None
     return (f"Warning: G_ema renders empty scenes (mean opacity at most {float(opacity.max()):.2g} in all "
             f"{opacity.numel()} probe renders): the generator has probably collapsed to no density (README, "
-            f"Troubleshooting). Restart with another --seed or with --set d_lr=0.001, or resume a training state from before the "
-            f"collapse with --set d_lr=0.001.")
+            f"Troubleshooting). Restart with another --seed or with --set d_lr=0.001, or resume a training state "
+            f"from before the collapse with --set d_lr=0.001.")
 
 
 def param_fingerprint(module: torch.nn.Module) -> torch.Tensor:
@@ -405,8 +405,8 @@ def frozen_g_warning(before: torch.Tensor | None, after: torch.Tensor, steps: in
     why = "zero gradients or skipped optimiser steps" if name == "G" else "its EMA update does not run"
     return (f"Warning: none of {name}'s {after.numel()} parameter tensors changed during this tick ({steps} steps): "
             f"{name} is not learning ({why}; FID stays at its first value). This is a bug or a broken GPU setup, "
-            f"not a training dynamic: stop the run and check the setup as the README's Troubleshooting section describes (the "
-            f"GPU tests, or --set impl=reference).")
+            f"not a training dynamic: stop the run and check the setup as the README's Troubleshooting section "
+            f"describes (the GPU tests, or --set impl=reference).")
 
 
 def maintenance(run: EasyDict, done: bool) -> None:

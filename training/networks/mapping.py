@@ -1,8 +1,8 @@
 """Mapping network z -> w (one w per object) with a tracked w_avg for truncation.
 
-Reference behaviour (the authors' mapping network): z is normalised by its RMS, then `num_layers` equalised-lr FC layers with
-leaky ReLU x sqrt(2) (the last one too) and lr multiplier 0.01. The w_avg buffer is our addition (docs/MODEL.md): the
-official code has none and crashes on psi != 1.
+Reference behaviour (the authors' mapping network): z is normalised by its RMS, then `num_layers` equalised-lr FC
+layers with leaky ReLU x sqrt(2) (the last one too) and lr multiplier 0.01. The w_avg buffer is our addition
+(docs/MODEL.md): the official code has none and crashes on psi != 1.
 """
 from __future__ import annotations
 
