@@ -4,6 +4,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu)
             if not torch.cuda.is_available():
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    """A folder of 12 random 32x32 PNGs (fast to make, no synthetic renderer needed)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return str(root)
 
 
 @pytest.fixture(autouse=True)

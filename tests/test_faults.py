@@ -80,15 +80,6 @@ def snapshot_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return str(root)
-
-
-@pytest.fixture(scope="module")
 def smoke_state(tiny_data, tmp_path_factory) -> Path:
     """A training state of a 32 px smoke run (and its run directory with training_options.json)."""
     out = tmp_path_factory.mktemp("smoke")

@@ -340,14 +340,6 @@ def test_preset_names_cannot_leave_the_config_folder():
 # ---------------------------------------------------------------------------------------------------------------------
 # train.py end to end.
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return str(root)
-
 
 def _cli(args, capsys):
     try:

@@ -7,8 +7,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 
@@ -19,16 +17,6 @@ from training.state import load_training_state
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = ["--cfg", "smoke", "--set", "grid_w=2", "--set", "grid_h=2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A folder of 12 random 32x32 PNGs (fast to make, no synthetic renderer needed)."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return str(root)
 
 
 def cli(args, capsys=None):
