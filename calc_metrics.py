@@ -98,7 +98,13 @@ def _run_network(network: str, names: list[str], data: str | None, device: torch
             raise UserError(f"Snapshot '{snap_path}' records no training data path; pass --data.")
         key = (str(spec), int(G.img_resolution))
         if key not in datasets:
-            datasets[key] = _open_dataset(str(spec), int(G.img_resolution))
+            try:
+                datasets[key] = _open_dataset(str(spec), int(G.img_resolution))
+            except UserError as exc:
+                if data:
+                    raise
+                raise UserError(f"The training data that snapshot '{snap_path}' records ('{spec}') cannot be opened "
+                                f"here: pass --data with the real images to compare against. ({exc})") from exc
         dataset = datasets[key]
         todo = [n for n in names if force or not _already_done(snap_path.parent, n, snap_path.name, dataset, seed, det)]
         rows += [[snap_path.name, f"{snap.kimg:g}", n, "skipped (already in jsonl; --force recomputes)", "", "", ""]

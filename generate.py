@@ -282,10 +282,10 @@ def images(network: str, device: str | None, psi: float, ray_chunk: int, impl: s
            resolution: int | None, pose: str, sheet: str | None) -> None:
     """One PNG per seed: seedNNNN.png (and optionally a contact sheet of them all)."""
     seed_list, cam = parse_seeds(seeds), parse_pose(pose)
-    out = ensure_outdir(outdir)
     sheet_path = check_writable(sheet, force=True) if sheet else None
     dev = resolve_device(device)
     G = generator_at_resolution(load_generator(network, dev), resolution)
+    out = ensure_outdir(outdir)                         # after the network is accepted: a refused file leaves no folder
     select_backend(impl, dev)
     rendered = []
     with click.progressbar(seed_list, label="Rendering images") as bar:
@@ -425,9 +425,9 @@ def depth(network: str, device: str | None, psi: float, ray_chunk: int, impl: st
     the object sits near 4000 at the default radius 4), 0 where the opacity is below 0.05 (background).
     """
     seed_list, cam = parse_seeds(seeds), parse_pose(pose)
-    out = ensure_outdir(outdir)
     dev = resolve_device(device)
     G = generator_at_resolution(load_generator(network, dev), resolution)
+    out = ensure_outdir(outdir)
     select_backend(impl, dev)
     with click.progressbar(seed_list, label="Rendering depth") as bar:
         for seed in bar:
@@ -455,9 +455,9 @@ def mesh(network: str, device: str | None, psi: float, ray_chunk: int, seeds: st
          threshold: float, bound: float | None, ascii_ply: bool) -> None:
     """Per seed: density grid -> marching cubes -> seedNNNN.ply with vertex colours and normals."""
     seed_list = parse_seeds(seeds)
-    out = ensure_outdir(outdir)
     dev = resolve_device(device)
     G = load_generator(network, dev)
+    out = ensure_outdir(outdir)
     bound = float(bound if bound is not None else g_kwarg(G, "render_size", 2.0) / 2)
     z, _ = seed_latents(G, seed_list, dev)
     failed = []

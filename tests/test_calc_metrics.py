@@ -135,3 +135,13 @@ def test_reals_never_include_xflips(env):
     flipped = dataset_features(ImageDataset(folder, xflip=True), d, capture_all=True, cache=False)
     assert flipped.num_items == plain.num_items == 5
     torch.testing.assert_close(flipped.get_all(), plain.get_all())
+
+
+def test_recorded_data_path_that_is_gone_asks_for_data(env, capsys):
+    """A snapshot trained elsewhere (the authors' files record a relative path) names --data when its path is gone."""
+    tmp, det = env
+    G = Generator(z_dim=8, w_dim=8, num_layers=2, width=16, rank=2, multires=2, img_resolution=16, num_samples=2)
+    pkl = tmp / "network-snapshot-000004.pkl"
+    save_network_snapshot(pkl, G=G, G_ema=G, training_set_kwargs={"path": "data/gone.zip"}, kimg=4.0)
+    code, _, err = run(["--network", pkl, "--metrics", "fid1k_full", "--detector", det, "--device", "cpu"], capsys)
+    assert code == 1 and "pass --data" in err and "data/gone.zip" in err and "Traceback" not in err

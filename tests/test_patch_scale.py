@@ -240,14 +240,14 @@ def test_scale_aware_d_and_the_law_compile_without_graph_breaks():
 
 def test_paired_scoring_with_windows_equals_two_calls():
     from training.loss import HyperNeRFGANLoss
-    D = _cond_D()
+    D = _cond_D().double()                 # the pairing is a formula: compared in float64
     loss = HyperNeRFGANLoss(torch.nn.Linear(1, 1), D, None, 16, 1.0)
     gen = torch.Generator().manual_seed(3)
-    a, b = torch.randn(4, 3, 16, 16, generator=gen), torch.randn(4, 3, 16, 16, generator=gen)
-    ca, cb = torch.rand(4, 3, generator=gen), torch.rand(4, 3, generator=gen)
+    a, b = (torch.randn(4, 3, 16, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    ca, cb = (torch.rand(4, 3, generator=gen, dtype=torch.float64) for _ in range(2))
     pa, pb = loss.score_pair(a, b, ca, cb)
-    torch.testing.assert_close(pa, loss.score(a, patch=ca), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(pb, loss.score(b, patch=cb), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pa, loss.score(a, patch=ca), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pb, loss.score(b, patch=cb), rtol=1e-12, atol=1e-12)
 
 
 def test_training_steps_with_the_recipe_law_and_scale_aware_d():

@@ -99,6 +99,13 @@ def test_unwritable_target_is_a_user_error(tmp_path):
         video.check_writable(tmp_path, force=True)
 
 
+def test_checking_a_path_creates_nothing(tmp_path):
+    target = tmp_path / "a" / "b" / "v.mp4"
+    assert video.check_writable(target) == target and not (tmp_path / "a").exists()
+    written = video.write_video(target, _frames(2))                      # the writer makes the folders
+    assert written.exists() and written.parent == target.parent
+
+
 def _assert_gif(path, n, size):
     im = Image.open(path)
     assert im.format == "GIF" and im.n_frames == n and im.size == size

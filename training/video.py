@@ -143,18 +143,19 @@ def _write_gif(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
 
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse to replace an existing file unless `force`; make sure the folder can be created and written."""
+    """Refuse to replace an existing file unless `force`, and a path whose folder could not be created or written.
+    Creates nothing: the writers create the folder when they write (so a refused run leaves no empty folder)."""
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"'{path}' already exists: pass --force to overwrite it, or choose another --out.")
     if path.is_dir():
         raise UserError(f"'{path}' is a folder: give a file name such as '{path / 'video.mp4'}'.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"Cannot create the folder '{path.parent}' ({exc.strerror}): choose a writable --out.") from exc
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"The folder '{path.parent}' is not writable: choose another --out.")
+    folder = path.absolute().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())      # the root always exists
+    if not existing.is_dir():
+        raise UserError(f"Cannot create the folder '{path.parent}': '{existing}' is a file. Choose a writable --out.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"The folder '{existing}' is not writable: choose another --out.")
     return path
 
 
