@@ -336,5 +336,5 @@ def test_readme_is_short_and_has_its_sections() -> None:
     headings = [m.group(2) for line in prose if (m := _HEADING.match(line)) and len(m.group(1)) == 2]
     missing = [s for s in README_SECTIONS if s not in headings]
     assert not missing, f"README.md lacks the sections {missing}"
-    assert "@article{kania2023hypernerfgan" in text and "arXiv:2301.11631" in text
+    assert "@misc{kania2023hypernerfgan" in text and "{2301.11631}" in text
     assert re.search(r"!\[[^\]]+\]\([^)]+\.png\)", text), "the README opens with a picture"
