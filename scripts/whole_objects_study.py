@@ -6,8 +6,9 @@ parts failure of the reference crops in minutes per run, and the same runs with 
 
 `run` trains each planned run that has no final snapshot yet (one process at a time; start two `run` commands with
 disjoint --only lists to use two cores), then evaluates fid1k_full and pr1k3_full on its last snapshot on the CPU.
-`report` writes summary.json (the numbers of every run), one contact sheet per data resolution (the last G_ema grid
-of each run, rows = runs) and prints the Markdown table. Every run: synthetic cars (2,000 images), `--cfg
+`report` writes summary.json (the numbers of every run; rows already there for runs trained elsewhere are kept), one
+contact sheet per data resolution and seed (the last G_ema grid of each run, rows = runs) and prints the Markdown
+table. Every run: synthetic cars (2,000 images), `--cfg
 cars,[RECIPE,]smoke --set num_layers=4`, 16 px patches, 10 kimg, one thread.
 """
 from __future__ import annotations
@@ -101,16 +102,25 @@ def collect(outdir: Path) -> list[dict]:
     return rows
 
 
-def contact_sheets(outdir: Path, rows: list[dict], docs: Path) -> list[Path]:
-    """One PNG per data resolution: the first row of reals.png, then each run's last G_ema grid (its first row: 4
-    renders of fixed latents and poses), one labelled row each."""
+def sheet_path(docs: Path, res: int, seed: int) -> Path:
+    return docs / (f"contact-{res}px.png" if seed == 0 else f"contact-{res}px-s{seed}.png")
+
+
+def contact_sheets(outdir: Path, rows: list[dict], docs: Path, recorded: list[dict]) -> list[Path]:
+    """One PNG per data resolution and seed: the first row of reals.png, then each run's last G_ema grid (its first
+    row: 4 renders of fixed latents and poses), one labelled row each. Where summary.json records runs of the same
+    sheet that are not in `outdir` (trained elsewhere), the new rows are appended to the sheet already written."""
     import PIL.Image
     import PIL.ImageDraw
     out = []
-    for res in sorted({r["res"] for r in rows}, reverse=True):
-        tiles = []
-        runs = [r for r in rows if r["res"] == res]
-        for r in [dict(runs[0], label="reals", reals=True)] + runs:       # first the data, then each run
+    for res, seed in sorted({(r["res"], r["seed"]) for r in rows}, key=lambda k: (-k[0], k[1])):
+        runs = [r for r in rows if (r["res"], r["seed"]) == (res, seed)]
+        path = sheet_path(docs, res, seed)
+        here = {r["name"] for r in runs}
+        elsewhere = [r for r in recorded if (r["res"], r["seed"]) == (res, seed) and r["name"] not in here]
+        keep = PIL.Image.open(path).convert("RGB") if elsewhere and path.is_file() else None
+        tiles = [] if keep is None else [keep]
+        for r in ([] if keep is not None else [dict(runs[0], label="reals", reals=True)]) + runs:
             png = "reals.png" if r.get("reals") else f"fakes{KIMG:06d}.png"
             grid = PIL.Image.open(run_dir_of(outdir, r) / png).convert("RGB")
             row = grid.crop((0, 0, grid.width, res))                      # the first grid row: 4 renders
@@ -120,16 +130,22 @@ def contact_sheets(outdir: Path, rows: list[dict], docs: Path) -> list[Path]:
             tile.paste(label, (0, 0))
             tile.paste(row, (150, 0))
             tiles.append(tile)
-        if not tiles:
-            continue
-        sheet = PIL.Image.new("RGB", (tiles[0].width, sum(t.height for t in tiles)), "white")
-        for i, t in enumerate(tiles):
-            sheet.paste(t, (0, i * res))
-        path = docs / f"contact-{res}px.png"
+        sheet = PIL.Image.new("RGB", (max(t.width for t in tiles), sum(t.height for t in tiles)), "white")
+        y = 0
+        for t in tiles:
+            sheet.paste(t, (0, y))
+            y += t.height
         sheet.save(path.with_suffix(".tmp.png"))
         os.replace(path.with_suffix(".tmp.png"), path)
         out.append(path)
     return out
+
+
+def merge(recorded: list[dict], rows: list[dict]) -> list[dict]:
+    """summary.json's rows with this outdir's runs added or replacing the rows of the same name, in plan order."""
+    by_name = {r["name"]: r for r in recorded} | {r["name"]: r for r in rows}
+    order = [r["name"] for r in plan()]
+    return sorted(by_name.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
 
 
 def table(rows: list[dict]) -> str:
@@ -165,12 +181,15 @@ def main() -> None:
     else:
         docs = Path(a.docs)
         docs.mkdir(parents=True, exist_ok=True)
+        summary = docs / "summary.json"
+        recorded = json.loads(summary.read_text()) if summary.is_file() else []
         rows = collect(outdir)
+        merged = merge(recorded, rows)
         tmp = docs / "summary.json.tmp"
-        tmp.write_text(json.dumps(rows, indent=1) + "\n")
-        os.replace(tmp, docs / "summary.json")
-        contact_sheets(outdir, rows, docs)
-        print(table(rows))
+        tmp.write_text(json.dumps(merged, indent=1) + "\n")
+        os.replace(tmp, summary)
+        contact_sheets(outdir, rows, docs, recorded)
+        print(table(merged))
 
 
 if __name__ == "__main__":
