@@ -26,7 +26,8 @@ def make_fir_filter(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
 
 
 FIR_IMPLS = ("pool", "depthwise", "triton", "reference")
-_BINOMIAL4 = torch.tensor([[1.0, 3.0, 3.0, 1.0]]).T @ torch.tensor([[1.0, 3.0, 3.0, 1.0]]) / 64.0
+_TAPS4 = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float32)      # fp32 whatever the default dtype
+_BINOMIAL4 = torch.outer(_TAPS4, _TAPS4) / 64.0
 
 
 def fir2d(x: torch.Tensor, f: torch.Tensor, padding: int, down: int = 1, binomial: bool | None = None,
