@@ -27,14 +27,19 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def random_pngs(folder: Path, n: int, size: int, seed: int = 0, name: str = "{i:03d}.png") -> str:
+    """Write n random RGB size x size PNGs into `folder` (created), named by `name`; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / name.format(i=i))
+    return str(folder)
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> str:
     """A folder of 12 random 32x32 PNGs (fast to make, no synthetic renderer needed)."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return str(root)
+    return random_pngs(tmp_path_factory.mktemp("data"), 12, 32)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import invoke
+from conftest import invoke, random_pngs
 
 import authors_files as af
 import calc_metrics
@@ -252,11 +252,7 @@ def test_generate_interp_and_orbit(tmp_path, capsys):
 
 def test_calc_metrics_fid1k_on_an_authors_snapshot(tmp_path, capsys, monkeypatch, standin_detector):
     monkeypatch.setenv("HNG_CACHE_DIR", str(tmp_path / "cache"))
-    reals = tmp_path / "reals"
-    reals.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        PIL.Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(reals / f"{i}.png")
+    reals = random_pngs(tmp_path / "reals", 8, 8, name="{i}.png")
     path = tmp_path / "network-snapshot-000400.pkl"
     small_snapshot(path, img_resolution=8, n_samples=2)
     code, out, err = invoke(calc_metrics.main, ["--network", path, "--metrics", "fid1k_full", "--data", reals,
@@ -280,15 +276,6 @@ def test_convert_writes_our_format_with_the_same_networks(tmp_path, capsys):
     before = dest.read_bytes()
     code, _, err = invoke(run_cli(convert_network.main), ["--source", src, "--dest", dest], capsys)
     assert code == 1 and "--force" in err and dest.read_bytes() == before
-
-
-def _train_data(tmp_path) -> str:
-    root = tmp_path / "data"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return str(root)
 
 
 def _smoke_snapshot(path) -> tuple[dict, dict]:
@@ -320,10 +307,10 @@ def test_finetune_starts_from_the_snapshot_weights(tmp_path):
 
 
 @pytest.mark.slow  # a short CPU training run (~10 s)
-def test_finetune_run_through_train_py(tmp_path, capsys):
+def test_finetune_run_through_train_py(tmp_path, capsys, tiny_data):
     path = tmp_path / "theirs.pkl"
     _smoke_snapshot(path)
-    data = _train_data(tmp_path)
+    data = tiny_data
     args = ["--outdir", tmp_path / "runs", "--cfg", "smoke", "--data", data, "--kimg", "0.02", "--set", "grid_w=2",
             "--set", "grid_h=2"]
     code, out, err = invoke(run_cli(train.main), [*args, "--finetune", path], capsys)

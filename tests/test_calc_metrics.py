@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import zipfile
 
-import numpy as np
-import PIL.Image
 import pytest
-from conftest import invoke
+from conftest import invoke, random_pngs
 import torch
 
 import calc_metrics
@@ -23,11 +21,7 @@ def env(tmp_path, monkeypatch, standin_detector):
 
 
 def _write_images(folder, n: int, res: int, seed: int, as_zip: bool = False) -> str:
-    rng = np.random.default_rng(seed)
-    imgs = [rng.integers(0, 256, (res, res, 3), dtype=np.uint8) for _ in range(n)]
-    folder.mkdir(parents=True)
-    for i, img in enumerate(imgs):
-        PIL.Image.fromarray(img).save(folder / f"img{i:04d}.png")
+    random_pngs(folder, n, res, seed=seed, name="img{i:04d}.png")
     if not as_zip:
         return str(folder)
     zpath = folder.with_suffix(".zip")

@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from click.testing import CliRunner
+from conftest import random_pngs
 
 import dataset_tool
 from training.dataset import ImageDataset
@@ -38,10 +39,7 @@ def _fields(info_output: str) -> dict[str, str]:
 
 
 def _rgb_folder(folder: Path, n: int = 3, size: int = 16) -> None:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    for i in range(n):
-        PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"x{i}.png")
+    random_pngs(folder, n, size, name="x{i}.png")
 
 
 def test_convert_rgba_and_grayscale(tmp_path: Path) -> None:

@@ -3,10 +3,9 @@ with identical parameters (the same code path torchrun uses with NCCL on GPUs)."
 import os
 import socket
 
-import numpy as np
-import PIL.Image
 import torch
 import torch.multiprocessing as mp
+from conftest import random_pngs
 
 
 def _free_port() -> int:
@@ -48,11 +47,7 @@ def _worker(rank: int, world: int, port: int, data: str, outdir: str, result_dir
 
 
 def test_two_gloo_ranks_end_identical(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    data = random_pngs(tmp_path / "data", 8, 32, name="{i}.png")
     results = tmp_path / "results"
     results.mkdir()
     mp.spawn(_worker, args=(2, _free_port(), str(data), str(tmp_path / "runs"), str(results)), nprocs=2, join=True)
