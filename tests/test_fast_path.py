@@ -218,6 +218,7 @@ def test_compiled_d_falls_back_to_eager_once_with_a_message(monkeypatch, capsys)
 _FIR_KERNEL_SCRIPT = r'''
 import json
 import torch
+from tolerances import gamma
 from torch_utils.ops import fir, fir_kernel
 
 f = fir.make_fir_filter().double()
@@ -246,8 +247,7 @@ x32, f32 = torch.randn(2, 4, 8, 8), fir.make_fir_filter()
 n = f32.numel() ** (2 if f32.ndim == 1 else 1) + 1
 want = fir.fir2d_reference(x32.double(), f32.double(), 2, 2)
 scale = fir.fir2d_reference(x32.double().abs(), f32.double().abs(), 2, 2)
-eps = torch.finfo(torch.float32).eps
-excess = (fir_kernel.fir_down(x32, 2, 2).double() - want).abs() - n * eps / (1 - n * eps) * scale
+excess = (fir_kernel.fir_down(x32, 2, 2).double() - want).abs() - gamma(n) * scale
 out["fp32"] = {"excess": excess.max().item()}
 print("RESULTS " + json.dumps(out))
 '''

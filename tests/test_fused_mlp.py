@@ -223,11 +223,12 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 
 
 def _run_interpreted(tmp_path: Path, name: str, script: str) -> dict:
-    """Run `script` in a subprocess under Triton's CPU interpreter; returns the JSON of its last 'RESULTS ' line."""
+    """Run `script` in a subprocess under Triton's CPU interpreter (the repository and tests/ importable, e.g. the
+    `tolerances` helpers); returns the JSON of its last 'RESULTS ' line."""
     path = tmp_path / name
     path.write_text(script)
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        [str(REPO), str(REPO / "tests")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     proc = subprocess.run([sys.executable, str(path)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -87,6 +87,7 @@ def test_launch_parameters() -> None:
 
 _INTERPRETER_SCRIPT = textwrap.dedent("""
     import copy, json, torch
+    from tolerances import gamma
     from torch_utils import backend
     from torch_utils.ops import object_linear as ol
     from training.networks import hyper
@@ -94,9 +95,6 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 
     def rel(a, b):
         return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-    def gamma(n, eps=torch.finfo(torch.float32).eps):
-        return n * eps / (1 - n * eps)
 
     results = {}
     gen = torch.Generator().manual_seed(0)
